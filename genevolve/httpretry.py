@@ -1,0 +1,139 @@
+"""Plumbing shared by every async HTTP client of the project.
+
+- `request_with_retries`: one request, retried with exponential backoff on the failures that
+  usually pass (429, most 5xx, dropped or refused connections, timeouts), honouring Retry-After.
+- `LoopLocalClient`: one `httpx.AsyncClient` per running event loop. Backends are created once
+  but may be driven by several `asyncio.run` calls (`run_sync`); a client that was opened on a
+  loop that has since closed cannot be reused, so each loop gets its own.
+
+Error messages name the method and the URL without its query string, because some services
+(Gemini, for one) accept keys as query parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from typing import Any, Callable
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+# 501 (not implemented) and 505 (version not supported) will not change on a second try.
+_NOT_RETRIED_5XX = frozenset({501, 505})
+# Transport errors that are the caller's mistake rather than the network's.
+_NOT_RETRIED_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
+class HTTPRetryError(RuntimeError):
+    """A request still failed after its last try. `status` is the last HTTP status, if any."""
+
+    def __init__(self, method: str, url: str, attempts: int, reason: str, status: int | None = None):
+        self.method = method
+        self.url = url
+        self.attempts = attempts
+        self.status = status
+        self.reason = reason
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        super().__init__(f"{method} {url} failed after {tries}: {reason}")
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in (408, 429) or (500 <= status < 600 and status not in _NOT_RETRIED_5XX)
+
+
+def safe_url(url: httpx.URL | str) -> str:
+    """The URL without query, fragment or user info: safe to print even when a key rides in it."""
+    u = httpx.URL(str(url))
+    return str(u.copy_with(query=None, fragment=None, username=None, password=None))
+
+
+def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait (Retry-After as seconds or as an HTTP date), if any."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+async def request_with_retries(client: httpx.AsyncClient, method: str, url: str | httpx.URL, *,
+                               retries: int = 3, backoff: float = 0.5, max_backoff: float = 8.0,
+                               **kw: Any) -> httpx.Response:
+    """Send one request, retrying up to `retries` more times (so `retries + 1` attempts in all).
+
+    Retried: HTTP 408, 429 and 5xx (except 501/505), and transport errors (refused or reset
+    connections, timeouts). The wait before retry n (n = 0, 1, ...) is the server's Retry-After
+    when it sends one, otherwise `backoff * 2**n`; either way at most `max_backoff` seconds.
+    Any other status is returned as is for the caller to interpret (401, 404, ...). When the last
+    attempt still fails, raises HTTPRetryError naming the last status or error.
+
+    Every method is retried, POST included: the callers here (search APIs, image services) are
+    safe to repeat. Keyword arguments go to `client.request` (json=, params=, headers=, ...).
+    """
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    shown = safe_url(url)
+    attempts = retries + 1
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        try:
+            response = await client.request(method, url, **kw)
+        except _NOT_RETRIED_ERRORS:
+            raise
+        except httpx.TransportError as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if last:
+                raise HTTPRetryError(method, shown, attempts, reason) from exc
+            wait = min(backoff * 2 ** attempt, max_backoff)
+            log.warning("%s %s: %s; retrying in %.2fs (%d/%d)", method, shown, reason, wait,
+                        attempt + 1, retries)
+            await asyncio.sleep(wait)
+            continue
+        if not is_retryable_status(response.status_code):
+            return response
+        reason = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+        if last:
+            raise HTTPRetryError(method, shown, attempts, reason, status=response.status_code)
+        asked = retry_after_seconds(response)
+        wait = min(asked if asked is not None else backoff * 2 ** attempt, max_backoff)
+        log.warning("%s %s: %s; retrying in %.2fs (%d/%d)", method, shown, reason, wait,
+                    attempt + 1, retries)
+        await response.aclose()
+        await asyncio.sleep(wait)
+    raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
+
+
+class LoopLocalClient:
+    """Hands out one httpx.AsyncClient per running event loop, built by `factory` on first use."""
+
+    def __init__(self, factory: Callable[[], httpx.AsyncClient]):
+        self._factory = factory
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop or self._client.is_closed:
+            # The previous loop is gone (or it is this loop's closed client): start afresh.
+            self._client, self._loop = self._factory(), loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client, self._loop = self._client, None, None
+        if client is not None and not client.is_closed:
+            try:
+                await client.aclose()
+            except RuntimeError:  # opened on a loop that has since closed; nothing left to free
+                pass

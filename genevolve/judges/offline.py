@@ -1,0 +1,479 @@
+"""OfflineJudge: the four KScore dimensions from classical vision and OCR, with no model service.
+
+It is a proxy, not a replacement for the VLM judge: it can tell whether the right subject, text,
+count and arrangement ended up in the image, not whether the image is a good picture of it. Each
+dimension is mapped to {0, 0.5, 1} with the thresholds below; the raw measurements go to
+`JudgeResult.extra` so that every grade can be checked by hand.
+
+visual_correctness (generated vs ground truth). SIFT keypoints on both images, mutual nearest
+  neighbour matches, then up to four similarity transforms (shift, rotation, uniform scale) found
+  one after another by RANSAC, each one an object seen in both images. Why this measure:
+  generators and our compositor move and rescale subjects freely but rarely warp them in
+  perspective, so a 4-degree-of-freedom model needs few matches and rejects chance agreements a
+  homography would accept; local features ignore what changed around the subject (background,
+  layout, other objects) where a global histogram or SSIM would not. SIFT sees grey levels only,
+  so a flag of Italy would match one of Ireland; each transform is therefore colour-verified: the
+  generated image is warped onto the ground truth and the share of pixels inside the matched
+  region whose CIELAB colour differs by less than `COLOUR_DELTA_E` is the model's agreement.
+  Score = sum over verified models of inliers x agreement, divided by the ground truth's keypoint
+  count (the share of the ground truth's distinctive detail reproduced in the right colours).
+text_accuracy. RapidOCR reads the generated image; each required string (from meta
+  `required_texts`, else every double-quoted string of the request) is located in the OCR output by
+  approximate substring matching on letters and digits (case and spaces ignored, since OCR drops
+  spaces). Normalised edit distance d: d <= 0.1 -> 1, d <= 0.3 -> 0.5, else 0; the request's grade
+  is the worst of its strings. No required text -> text_accuracy_na with 0.5, as published.
+faithfulness. Every required element is checked and the share that passes is graded:
+  the ground truth's main subject is found (a verified model exists), each required text is present
+  (d <= 0.5), the expected count of instances (meta `count`) matches the number of separate objects
+  found by background segmentation, and required relations (meta `relation`) keep the ground
+  truth's left/right and above/below order between matched objects. All pass -> 1, at least half
+  -> 0.5, else 0.
+aesthetics. Four image statistics, each compared with the ground truth so that a flat emoji
+  poster and a photograph are each held to their own standard: exposure (mean luminance), contrast
+  (RMS of luminance), sharpness (variance of the Laplacian), colourfulness (Hasler and
+  Suesstrunk 2003). No defect -> 1 (not worse than the ground truth), one -> 0.5, two or more -> 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import Judge, JudgeResult
+from .kscore import missing_images
+
+RUBRIC_VERSION = "genevolve-offline-1"
+WORK_SIDE = 512                 # images are compared at this long side
+
+# visual_correctness
+MAX_FEATURES = 2000
+MAX_MODELS = 4
+MIN_INLIERS = 6                 # fewer matches than this are not an object
+RANSAC_PX = 4.0
+MIN_SCALE, MAX_SCALE = 0.15, 6.0
+COLOUR_DELTA_E = 20.0           # CIE76 distance at which two colours still count as the same
+MIN_AGREEMENT = 0.6             # a model whose region agrees less than this is a different object
+VISUAL_FULL, VISUAL_HALF = 0.22, 0.08
+# text_accuracy / faithfulness text presence
+TEXT_FULL, TEXT_HALF, TEXT_PRESENT = 0.10, 0.30, 0.50
+OCR_MIN_CONFIDENCE = 0.5
+OCR_SIDE = 1024                 # OCR reads the image at this long side
+# faithfulness: relations compare centres that are at least this far apart (share of width/height)
+RELATION_MIN_GAP = 0.12
+# counting by segmentation
+BG_DELTA_E = 14.0
+MIN_OBJECT_AREA = 0.002         # share of the image
+OBJECT_AREA_RATIO = 0.3         # a part smaller than this share of the median object is debris
+# aesthetics
+EXPOSURE_RANGE = (0.08, 0.94)
+EXPOSURE_SHIFT = 0.25
+CONTRAST_MIN, CONTRAST_RATIO = 0.05, 0.5
+SHARPNESS_RATIO = 0.3
+COLOUR_RATIO, COLOURFUL_GT = 0.5, 20.0
+
+_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”")
+
+
+# ---------------------------------------------------------------------------------- images
+
+def load_bgr(path: str | Path, side: int = WORK_SIDE) -> np.ndarray:
+    """The image at `path` as 8-bit BGR, resized so its long side is `side` (transparency on white)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            canvas.alpha_composite(im)
+            im = canvas
+        rgb = np.asarray(im.convert("RGB"))
+    return resize_long_side(rgb[:, :, ::-1].copy(), side)
+
+
+def resize_long_side(bgr: np.ndarray, side: int) -> np.ndarray:
+    import cv2
+
+    h, w = bgr.shape[:2]
+    scale = side / max(h, w)
+    if abs(scale - 1) < 1e-3:
+        return bgr
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+
+
+def to_lab(bgr: np.ndarray) -> np.ndarray:
+    """CIELAB in real units (L 0..100), after a light blur so resampling noise does not count."""
+    import cv2
+
+    return cv2.cvtColor(cv2.GaussianBlur(bgr, (5, 5), 0).astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+
+
+# ---------------------------------------------------------------------------------- text
+
+def required_texts(request: str, meta: dict[str, Any] | None) -> list[str]:
+    """The strings the image must show: meta `required_texts`, else the request's double quotes."""
+    listed = (meta or {}).get("required_texts")
+    if listed is not None:
+        return [str(t) for t in listed if str(t).strip()]
+    return [next(g for g in m.groups() if g).strip() for m in _QUOTED.finditer(request or "")
+            if any(g and g.strip() for g in m.groups())]
+
+
+def normalise_text(text: str) -> str:
+    """Letters and digits only, case-folded, accents removed: what OCR can be held to."""
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(ch for ch in folded if ch.isalnum() and not unicodedata.combining(ch))
+
+
+def substring_distance(pattern: str, text: str) -> int:
+    """Fewest edits that turn `pattern` into some substring of `text` (free start and end in text)."""
+    if not pattern:
+        return 0
+    previous = [0] * (len(text) + 1)           # row 0: an empty pattern matches anywhere for free
+    for i, pc in enumerate(pattern, 1):
+        current = [i] + [0] * len(text)
+        for j, tc in enumerate(text, 1):
+            current[j] = min(previous[j - 1] + (pc != tc), previous[j] + 1, current[j - 1] + 1)
+        previous = current
+    return min(previous)
+
+
+def text_distance(required: str, lines: list[str]) -> float:
+    """Normalised edit distance of `required` to its best match in the OCR lines (1.0 = absent)."""
+    target = normalise_text(required)
+    if not target:
+        return 0.0
+    candidates = [normalise_text(line) for line in lines]
+    candidates.append("".join(candidates))      # text split over several OCR lines
+    best = min((substring_distance(target, c) for c in candidates if c), default=len(target))
+    return min(1.0, best / len(target))
+
+
+def grade_text(distance: float) -> float:
+    return 1.0 if distance <= TEXT_FULL else 0.5 if distance <= TEXT_HALF else 0.0
+
+
+class _OCR:
+    """One RapidOCR engine per process (loading it costs about a second); calls are serialised."""
+
+    _engine = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def read(cls, bgr: np.ndarray) -> list[tuple[str, float, list[list[float]]]]:
+        with cls._lock:
+            if cls._engine is None:
+                from rapidocr_onnxruntime import RapidOCR
+                cls._engine = RapidOCR()
+            result, _ = cls._engine(bgr)
+        return [(text, float(conf), box) for box, text, conf in (result or [])]
+
+
+def read_text(bgr: np.ndarray) -> list[str]:
+    """Lines of text OCR finds with at least OCR_MIN_CONFIDENCE, top to bottom, left to right."""
+    lines = [(min(p[1] for p in box), min(p[0] for p in box), text)
+             for text, conf, box in _OCR.read(bgr) if conf >= OCR_MIN_CONFIDENCE]
+    return [text for _, _, text in sorted(lines)]
+
+
+# ---------------------------------------------------------------------------------- matching
+
+@dataclass
+class ObjectMatch:
+    """One object found in both images: a similarity transform from generated to ground truth."""
+
+    inliers: int
+    agreement: float                     # share of the matched region with the same colours
+    scale: float
+    gt_centre: tuple[float, float]       # as shares of the ground truth's width and height
+    gen_centre: tuple[float, float]
+
+    @property
+    def verified(self) -> bool:
+        return self.inliers >= MIN_INLIERS and self.agreement >= MIN_AGREEMENT
+
+
+@dataclass
+class MatchReport:
+    gt_keypoints: int
+    gen_keypoints: int
+    objects: list[ObjectMatch] = field(default_factory=list)
+
+    @property
+    def verified(self) -> list[ObjectMatch]:
+        return [o for o in self.objects if o.verified]
+
+    @property
+    def similarity(self) -> float:
+        """Share of the ground truth's keypoints reproduced, weighted by colour agreement."""
+        if self.gt_keypoints == 0:
+            return 0.0
+        return min(1.0, sum(o.inliers * o.agreement for o in self.verified) / self.gt_keypoints)
+
+
+@lru_cache(maxsize=1)
+def _sift():
+    import cv2
+
+    return cv2.SIFT_create(nfeatures=MAX_FEATURES)
+
+
+def _features(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    import cv2
+
+    keypoints, descriptors = _sift().detectAndCompute(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), None)
+    return np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors
+
+
+def match_objects(gen: np.ndarray, gt: np.ndarray) -> MatchReport:
+    """Objects of the ground truth found again in the generated image (see the module docstring)."""
+    import cv2
+
+    gen_pts, gen_desc = _features(gen)
+    gt_pts, gt_desc = _features(gt)
+    report = MatchReport(gt_keypoints=len(gt_pts), gen_keypoints=len(gen_pts))
+    if gen_desc is None or gt_desc is None or len(gen_pts) < MIN_INLIERS or len(gt_pts) < MIN_INLIERS:
+        return report
+    matches = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True).match(gen_desc, gt_desc)
+    src = np.float32([gen_pts[m.queryIdx] for m in matches])
+    dst = np.float32([gt_pts[m.trainIdx] for m in matches])
+    gen_lab, gt_lab = to_lab(gen), to_lab(gt)
+    h, w = gt.shape[:2]
+    gh, gw = gen.shape[:2]
+    cv2.setRNGSeed(0)                 # RANSAC samples at random; the judge must be repeatable
+    for _ in range(MAX_MODELS):
+        if len(src) < MIN_INLIERS:
+            break
+        model, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
+                                                  ransacReprojThreshold=RANSAC_PX, maxIters=3000)
+        if model is None:
+            break
+        inlier = mask.ravel().astype(bool)
+        if inlier.sum() < MIN_INLIERS:
+            break
+        scale = float(np.hypot(model[0, 0], model[1, 0]))
+        if MIN_SCALE <= scale <= MAX_SCALE:
+            agreement = _colour_agreement(gen_lab, gt_lab, model, dst[inlier])
+            g, s = dst[inlier].mean(axis=0), src[inlier].mean(axis=0)
+            report.objects.append(ObjectMatch(int(inlier.sum()), round(agreement, 3), round(scale, 3),
+                                              (float(g[0] / w), float(g[1] / h)),
+                                              (float(s[0] / gw), float(s[1] / gh))))
+        src, dst = src[~inlier], dst[~inlier]
+    return report
+
+
+def _colour_agreement(gen_lab: np.ndarray, gt_lab: np.ndarray, model: np.ndarray,
+                      gt_points: np.ndarray) -> float:
+    """Share of the region spanned by the matched points whose colours agree once aligned."""
+    import cv2
+
+    h, w = gt_lab.shape[:2]
+    warped = cv2.warpAffine(gen_lab, model, (w, h), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=(-1000.0, 0.0, 0.0))
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(region, cv2.convexHull(gt_points.astype(np.int32)), 1)
+    for x, y in gt_points.astype(int):            # thin hulls (points on a line) still get an area
+        cv2.circle(region, (int(x), int(y)), 4, 1, -1)
+    valid = (region > 0) & (warped[..., 0] > -500)
+    if valid.sum() < 30:
+        return 0.0
+    delta = np.linalg.norm(warped[valid] - gt_lab[valid], axis=1)
+    return float((delta < COLOUR_DELTA_E).mean())
+
+
+def grade_visual(similarity: float) -> float:
+    return 1.0 if similarity >= VISUAL_FULL else 0.5 if similarity >= VISUAL_HALF else 0.0
+
+
+# ---------------------------------------------------------------------------------- counting
+
+def background_lab(lab: np.ndarray) -> np.ndarray:
+    """The backdrop as a plane per CIELAB channel, fitted to a band along the image border.
+
+    A plane (a + b·x + c·y) covers plain and linear-gradient backdrops; two robust passes drop
+    border pixels that belong to objects touching the edge."""
+    h, w = lab.shape[:2]
+    band = max(2, min(h, w) // 50)
+    ys, xs = np.mgrid[0:h, 0:w]
+    border = np.zeros((h, w), bool)
+    border[:band], border[-band:], border[:, :band], border[:, -band:] = True, True, True, True
+    design = np.stack([np.ones(border.sum()), xs[border] / w, ys[border] / h], axis=1)
+    values = lab[border].astype(np.float64)
+    keep = np.ones(len(values), bool)
+    for _ in range(2):
+        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+        residual = np.linalg.norm(design @ coef - values, axis=1)
+        keep = residual <= max(BG_DELTA_E / 2, np.percentile(residual, 60))
+    full = np.stack([np.ones(h * w), xs.ravel() / w, ys.ravel() / h], axis=1)
+    return (full @ coef).reshape(h, w, 3).astype(np.float32)
+
+
+def count_objects(bgr: np.ndarray, ignore_boxes: list[list[list[float]]] | None = None) -> int:
+    """Separate objects standing out from the background, ignoring debris and the boxes given
+    (text lines found by OCR, so a caption is not counted as an object)."""
+    import cv2
+
+    lab = to_lab(bgr)
+    foreground = (np.linalg.norm(lab - background_lab(lab), axis=2) > BG_DELTA_E).astype(np.uint8)
+    for box in ignore_boxes or []:               # grown a little: plaques and outlines around text
+        pts = np.float32(box)
+        centre = pts.mean(axis=0)
+        grown = centre + (pts - centre) * 1.25 + np.sign(pts - centre) * 6
+        cv2.fillPoly(foreground, [np.int32(grown)], 0)
+    foreground = cv2.morphologyEx(foreground, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(float)
+    areas = areas[areas >= MIN_OBJECT_AREA * bgr.shape[0] * bgr.shape[1]]
+    if len(areas) == 0:
+        return 0
+    typical = float(np.median(areas[areas >= 0.5 * areas.max()]))
+    return int((areas >= OBJECT_AREA_RATIO * typical).sum())
+
+
+# ---------------------------------------------------------------------------------- aesthetics
+
+def image_stats(bgr: np.ndarray) -> dict[str, float]:
+    import cv2
+
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    luminance = grey.astype(np.float32) / 255.0
+    b, g, r = (bgr[..., i].astype(np.float32) for i in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+    return {"exposure": round(float(luminance.mean()), 4), "contrast": round(float(luminance.std()), 4),
+            "sharpness": round(float(cv2.Laplacian(grey, cv2.CV_64F).var()), 2),
+            "colourfulness": round(colourfulness, 2)}
+
+
+def aesthetic_defects(gen: dict[str, float], gt: dict[str, float]) -> list[str]:
+    """What makes the generated image worse than the ground truth, statistic by statistic."""
+    defects = []
+    if not EXPOSURE_RANGE[0] <= gen["exposure"] <= EXPOSURE_RANGE[1] \
+            or abs(gen["exposure"] - gt["exposure"]) > EXPOSURE_SHIFT:
+        defects.append("exposure")
+    if gen["contrast"] < CONTRAST_MIN or gen["contrast"] < CONTRAST_RATIO * gt["contrast"]:
+        defects.append("contrast")
+    if gen["sharpness"] < SHARPNESS_RATIO * gt["sharpness"]:
+        defects.append("sharpness")
+    if gt["colourfulness"] >= COLOURFUL_GT and gen["colourfulness"] < COLOUR_RATIO * gt["colourfulness"]:
+        defects.append("colourfulness")
+    return defects
+
+
+def grade_aesthetics(defects: list[str]) -> float:
+    return 1.0 if not defects else 0.5 if len(defects) == 1 else 0.0
+
+
+# ---------------------------------------------------------------------------------- faithfulness
+
+def relation_kept(objects: list[ObjectMatch]) -> bool:
+    """Do matched objects keep the ground truth's left/right and above/below order?"""
+    if len(objects) < 2:
+        return False
+    for i, a in enumerate(objects):
+        for b in objects[i + 1:]:
+            for axis in (0, 1):
+                gap = b.gt_centre[axis] - a.gt_centre[axis]
+                if abs(gap) >= RELATION_MIN_GAP and np.sign(b.gen_centre[axis] - a.gen_centre[axis]) != np.sign(gap):
+                    return False
+    return True
+
+
+def grade_share(passed: int, total: int) -> float:
+    if total == 0 or passed == total:
+        return 1.0
+    return 0.5 if passed * 2 >= total else 0.0
+
+
+# ---------------------------------------------------------------------------------- the judge
+
+def judge_images(request: str, generated_image: str | Path, gt_image: str | Path,
+                 meta: dict[str, Any] | None = None) -> JudgeResult:
+    """Score one sample synchronously (the judge runs it in a worker thread)."""
+    meta = meta or {}
+    gen, gt = load_bgr(generated_image), load_bgr(gt_image)
+    extra: dict[str, Any] = {}
+    checks: dict[str, bool] = {}
+
+    report = match_objects(gen, gt)
+    extra["visual"] = {"similarity": round(report.similarity, 4), "gt_keypoints": report.gt_keypoints,
+                       "gen_keypoints": report.gen_keypoints,
+                       "objects": [o.__dict__ for o in report.objects]}
+    visual = grade_visual(report.similarity)
+    if report.gt_keypoints >= 2 * MIN_INLIERS:
+        checks["subject"] = bool(report.verified)
+
+    texts = required_texts(request, meta)
+    text_na = not texts
+    text_score = 0.5
+    ocr_boxes: list[list[list[float]]] = []
+    if texts or meta.get("count") is not None:
+        big = load_bgr(generated_image, OCR_SIDE)          # small lettering needs the pixels
+        found = [(t, c, b) for t, c, b in _OCR.read(big) if c >= OCR_MIN_CONFIDENCE]
+        shrink = gen.shape[1] / big.shape[1]
+        ocr_boxes = [[[x * shrink, y * shrink] for x, y in b] for _, _, b in found]
+        lines = [t for t, _, _ in found]
+        distances = {t: round(text_distance(t, lines), 3) for t in texts}
+        extra["text"] = {"required": texts, "ocr": lines, "distance": distances}
+        if texts:
+            text_score = min(grade_text(d) for d in distances.values())
+            for t, d in distances.items():
+                checks[f"text:{t}"] = d <= TEXT_PRESENT
+
+    expected = meta.get("count")
+    if expected is not None:
+        counted = count_objects(gen, ocr_boxes)
+        extra["count"] = {"expected": int(expected), "found": counted}
+        checks["count"] = counted == int(expected)
+    if meta.get("relation"):
+        checks["relation"] = relation_kept(report.verified)
+
+    extra["checks"] = checks
+    faithfulness = grade_share(sum(checks.values()), len(checks))
+
+    gen_stats, gt_stats = image_stats(gen), image_stats(gt)
+    defects = aesthetic_defects(gen_stats, gt_stats)
+    extra["aesthetics"] = {"generated": gen_stats, "ground_truth": gt_stats, "defects": defects}
+
+    failed = [k for k, ok in checks.items() if not ok]
+    rationale = (f"Required: {', '.join(checks) or 'nothing checkable'}; missing: {', '.join(failed) or 'none'}. "
+                 f"Ground-truth detail reproduced: {report.similarity:.2f}. "
+                 + (f"Text distance: {extra['text']['distance']}. " if texts else "No text required. ")
+                 + f"Image defects: {', '.join(defects) or 'none'}.")
+    return JudgeResult(scores={"faithfulness": faithfulness, "visual_correctness": visual,
+                               "text_accuracy": text_score, "aesthetics": grade_aesthetics(defects)},
+                       text_accuracy_na=text_na, rationale=rationale, judge="offline",
+                       rubric_version=RUBRIC_VERSION, extra=extra)
+
+
+class OfflineJudge(Judge):
+    """KScore's four dimensions from OCR, local features and image statistics (no model service)."""
+
+    name = "offline"
+
+    def __init__(self, concurrency: int | str = 1):
+        self._slots = asyncio.Semaphore(max(1, int(concurrency)))
+
+    def info(self) -> dict[str, str]:
+        return {"judge": self.name, "model": "", "endpoint": "", "rubric_version": RUBRIC_VERSION}
+
+    async def score(self, *, request: str, generated_image: str | Path, gt_image: str | Path,
+                    program: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> JudgeResult:
+        missing = missing_images(generated=generated_image, ground_truth=gt_image)
+        if missing:
+            return JudgeResult.failure(missing, judge=self.name, rubric_version=RUBRIC_VERSION)
+        async with self._slots:
+            try:
+                return await asyncio.to_thread(judge_images, request, generated_image, gt_image, meta)
+            except (OSError, ValueError) as exc:      # unreadable or corrupt image files
+                return JudgeResult.failure(f"cannot read an image: {exc}", judge=self.name,
+                                           rubric_version=RUBRIC_VERSION)

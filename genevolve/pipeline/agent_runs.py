@@ -1,0 +1,57 @@
+"""The agent stage of a batch: requests in, one upstream-format result row per request out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..agent import Agent
+from ..trajectory import ERROR
+from .batch import InputProblem, ResultStore, Row, request_text, run_items
+
+
+def result_row(row: Row, request: str, trajectory_result: dict[str, Any]) -> dict[str, Any]:
+    """Input fields pass through; upstream fields (id, prompt, gen_prompt, …) are added on top."""
+    return {**row.data, "id": row.id, "prompt": request, **trajectory_result}
+
+
+def error_row(row: Row, message: str) -> dict[str, Any]:
+    return {**row.data, "id": row.id, "prompt": row.data.get("prompt") or row.data.get("question"),
+            "gen_prompt": "", "reference_images": [], "messages": [], "termination": ERROR,
+            "rounds": 0, "error": message}
+
+
+def is_failed(record: dict[str, Any]) -> bool:
+    """Records that a rerun should try again: the run itself failed (not a poor answer)."""
+    return record.get("termination") == ERROR
+
+
+async def run_agent_batch(agent: Agent, rows: list[Row], problems: list[InputProblem], out_dir: str | Path,
+                          *, parallel: int = 1, retry_errors: bool = True, progress: bool = True
+                          ) -> dict[str, int]:
+    """Run the agent on every row not yet done in `out_dir`; returns counts for the report."""
+    store = ResultStore(out_dir, "results", retry=is_failed if retry_errors else None)
+    try:
+        for p in problems:       # rows that cannot run still get a record that says why
+            if not store.done(p.id):
+                store.add({"id": p.id, "prompt": None, "gen_prompt": "", "reference_images": [],
+                           "messages": [], "termination": ERROR, "rounds": 0, "error": p.message})
+
+        async def work(row: Row) -> dict[str, Any]:
+            try:
+                request = request_text(row)
+            except ValueError as exc:
+                return error_row(row, str(exc))
+            traj = await agent.run(request)
+            return result_row(row, request, traj.to_result())
+
+        t0 = time.perf_counter()
+        counts = await run_items(rows, work, store, parallel=parallel, desc="agent",
+                                 on_error=lambda row, exc: error_row(row, f"{type(exc).__name__}: {exc}"),
+                                 progress=progress)
+        counts["seconds"] = round(time.perf_counter() - t0, 3)
+        counts["problems"] = len(problems)
+    finally:
+        store.close(order=[p.id for p in problems] + [r.id for r in rows])
+    return counts

@@ -1,0 +1,212 @@
+"""Resumable batch stages: read input rows, run items concurrently, keep every finished item.
+
+Every stage (agent runs, renders, judging) writes the same way:
+- each finished item is appended to `<out>/<name>.jsonl` and flushed to disk at once;
+- `<out>/<name>.json` (an array) is rewritten atomically now and then and at the end;
+- a rerun reads the JSONL back (a torn last line from a kill is dropped), skips the ids that are
+  done and runs the rest, so no item is lost and none appears twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable
+
+from tqdm import tqdm
+
+from ..jsonio import JsonlAppender, atomic_write_json, read_jsonl_tolerant, write_jsonl_atomic
+
+
+class InputError(ValueError):
+    """The input file cannot be used as a whole (unreadable, not JSON, duplicate ids)."""
+
+
+@dataclass
+class Row:
+    id: str
+    line: int            # 1-based line (JSONL) or array position (JSON) in the input file
+    data: dict[str, Any]
+
+
+@dataclass
+class InputProblem:
+    """One row that cannot run; it becomes an error record so the batch says what happened."""
+
+    id: str
+    line: int
+    message: str
+
+
+def read_rows(path: str | Path) -> tuple[list[Row], list[InputProblem]]:
+    """Read a .jsonl file (one object per line) or a .json array of objects.
+
+    Rows without an `id` get `item_<position>`. Rows that are not JSON objects become problems;
+    duplicate ids make the whole file unusable, since results are keyed by id.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the input file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: the file is not UTF-8 text") from None
+
+    entries: list[tuple[int, Any, str | None]] = []      # (line, parsed object, parse error)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("results") or data.get("items"), list):
+            data = data.get("results") or data.get("items")
+        if not isinstance(data, list):
+            raise InputError(f"{path}: a .json input must hold an array of objects")
+        entries = [(i, obj, None) for i, obj in enumerate(data, 1)]
+    else:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append((lineno, json.loads(line), None))
+            except json.JSONDecodeError as exc:
+                entries.append((lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+
+    rows: list[Row] = []
+    problems: list[InputProblem] = []
+    seen: dict[str, int] = {}
+    where = "line" if path.suffix.lower() != ".json" else "item"
+    for lineno, obj, error in entries:
+        if error is None and not isinstance(obj, dict):
+            error = f"expected a JSON object, got {type(obj).__name__}"
+        if error is not None:
+            problems.append(InputProblem(id=f"line_{lineno}", line=lineno,
+                                         message=f"{path}:{lineno}: {error}"))
+            continue
+        row_id = obj.get("id")
+        row_id = f"item_{lineno:06d}" if row_id is None or row_id == "" else str(row_id)
+        if row_id in seen:
+            raise InputError(f"{path}: duplicate id '{row_id}' at {where} {seen[row_id]} and {where} {lineno}; "
+                             "ids must be unique because results are matched by id")
+        seen[row_id] = lineno
+        rows.append(Row(id=row_id, line=lineno, data=obj))
+    return rows, problems
+
+
+def request_text(row: Row, source: str = "input") -> str:
+    """The request of an agent row: `prompt` or `question` (GenEvolve-Bench rows use the latter)."""
+    for field in ("prompt", "question"):
+        value = row.data.get(field)
+        if isinstance(value, str) and value.strip():
+            return value
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{source} line {row.line} (id {row.id}): field '{field}' must be a string, "
+                             f"got {type(value).__name__}")
+    raise ValueError(f"{source} line {row.line} (id {row.id}): no 'prompt' or 'question' field with text")
+
+
+class ResultStore:
+    """Finished items of one stage, on disk as JSONL (the journal) and JSON (the array).
+
+    `retry(record)` says whether a stored record should run again (e.g. it ended in an error);
+    such records are dropped from the journal when the store opens, so the rerun replaces them.
+    """
+
+    def __init__(self, out_dir: str | Path, name: str = "results",
+                 retry: Callable[[dict[str, Any]], bool] | None = None, json_every_s: float = 5.0):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.out_dir / f"{name}.jsonl"
+        self.json_path = self.out_dir / f"{name}.json"
+        self.records: dict[str, dict[str, Any]] = {}
+        kept_lines = 0
+        for rec in read_jsonl_tolerant(self.jsonl_path):
+            kept_lines += 1
+            if "id" in rec:
+                self.records[str(rec["id"])] = rec
+        if retry:
+            self.records = {k: v for k, v in self.records.items() if not retry(v)}
+        if self.jsonl_path.exists() and kept_lines != len(self.records) or self._journal_has_torn_line():
+            write_jsonl_atomic(self.jsonl_path, self.records.values())   # compact: one line per id
+        self._journal = JsonlAppender(self.jsonl_path)
+        self.json_every_s = json_every_s
+        self._last_json = 0.0
+
+    def _journal_has_torn_line(self) -> bool:
+        if not self.jsonl_path.exists() or self.jsonl_path.stat().st_size == 0:
+            return False
+        with open(self.jsonl_path, "rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+
+    def done(self, item_id: str) -> bool:
+        return item_id in self.records
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._journal.append(record)
+        self.records[str(record["id"])] = record
+        if time.monotonic() - self._last_json >= self.json_every_s:
+            self.write_json()
+
+    def write_json(self, order: Iterable[str] | None = None) -> None:
+        records = self.records
+        if order is not None:
+            rank = {item_id: i for i, item_id in enumerate(order)}
+            records = dict(sorted(records.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+        atomic_write_json(self.json_path, list(records.values()))
+        self._last_json = time.monotonic()
+
+    def close(self, order: Iterable[str] | None = None) -> None:
+        self.write_json(order)
+        self._journal.close()
+
+
+Worker = Callable[[Row], Awaitable[dict[str, Any]]]
+
+
+async def run_items(rows: list[Row], worker: Worker, store: ResultStore, *, parallel: int = 1,
+                    desc: str = "items", on_error: Callable[[Row, BaseException], dict[str, Any]] | None = None,
+                    progress: bool = True) -> dict[str, int]:
+    """Run `worker` on every row the store has not done yet, `parallel` at a time.
+
+    A worker that raises produces `on_error(row, exc)` as that item's record; the batch goes on.
+    Returns counts: total, skipped (already done), ran, errors.
+    """
+    todo = [r for r in rows if not store.done(r.id)]
+    counts = {"total": len(rows), "skipped": len(rows) - len(todo), "ran": 0, "errors": 0}
+    if not todo:
+        return counts
+    sem = asyncio.Semaphore(max(1, parallel))
+    bar = tqdm(total=len(todo), desc=desc, unit="item", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+
+    async def one(row: Row) -> None:
+        async with sem:
+            try:
+                record = await worker(row)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if on_error is None:
+                    record = {**row.data, "id": row.id, "error": f"{type(exc).__name__}: {exc}"}
+                else:
+                    record = on_error(row, exc)
+            if record.get("error"):
+                counts["errors"] += 1
+            record.setdefault("id", row.id)
+            store.add(record)
+            counts["ran"] += 1
+            bar.update(1)
+
+    try:
+        await asyncio.gather(*(one(r) for r in todo))
+    finally:
+        bar.close()
+    return counts

@@ -1,0 +1,92 @@
+"""The prompt-reference program z = (g, R) that the agent hands to a generator.
+
+`g` is the generation prompt; it may name references only by ordinal words
+("the first reference image"), because generators receive the images as an
+ordered list and know nothing of the agent's IMG ids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+IMG_ID_RE = re.compile(r"\bIMG_\d{3,}\b")
+URL_RE = re.compile(r"\bhttps?://\S+|\bwww\.\S+", re.IGNORECASE)
+
+_ORDINAL_WORDS = {
+    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5,
+    "sixth": 6, "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10,
+    "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5,
+}
+# "the second reference image", "the 3rd reference", "reference image 2", "ref image #2"
+_ORDINAL_BEFORE = re.compile(
+    r"\b(" + "|".join(_ORDINAL_WORDS) + r")\s+(?:reference|ref)(?:\s+(?:image|photo|picture))?\b",
+    re.IGNORECASE,
+)
+_NUMBER_AFTER = re.compile(r"\b(?:reference|ref)\s+(?:image|photo|picture)?\s*#?(\d+)\b", re.IGNORECASE)
+
+
+@dataclass
+class Reference:
+    """One reference image of a program, as the policy chose it."""
+
+    img_id: str
+    note: str = ""
+    local_path: str | None = None
+    url: str | None = None
+    title: str | None = None
+    page_url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Reference":
+        return cls(**{k: d.get(k) for k in ("img_id", "note", "local_path", "url", "title", "page_url")
+                      if k in d})
+
+
+@dataclass
+class Program:
+    gen_prompt: str
+    references: list[Reference] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gen_prompt": self.gen_prompt, "reference_images": [r.to_dict() for r in self.references]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Program":
+        refs = d.get("reference_images") or d.get("references") or []
+        return cls(gen_prompt=d.get("gen_prompt") or "", references=[Reference.from_dict(r) for r in refs])
+
+    def check(self) -> list[str]:
+        """Problems a generator would trip over; empty when the program is clean."""
+        return check_gen_prompt(self.gen_prompt, len(self.references))
+
+
+def ordinals_in(text: str) -> list[int]:
+    """Every reference position (1-based) that `text` names, in order of appearance."""
+    found: list[tuple[int, int]] = []
+    for m in _ORDINAL_BEFORE.finditer(text):
+        found.append((m.start(), _ORDINAL_WORDS[m.group(1).lower()]))
+    for m in _NUMBER_AFTER.finditer(text):
+        found.append((m.start(), int(m.group(1))))
+    return [n for _, n in sorted(found)]
+
+
+def check_gen_prompt(gen_prompt: str, n_references: int) -> list[str]:
+    issues: list[str] = []
+    if not gen_prompt.strip():
+        issues.append("empty_gen_prompt")
+        return issues
+    beyond = sorted({n for n in ordinals_in(gen_prompt) if n > n_references})
+    if beyond:
+        issues.append(f"ordinal_out_of_range: gen_prompt names reference {beyond} "
+                      f"but the program has {n_references}")
+    ids = IMG_ID_RE.findall(gen_prompt)
+    if ids:
+        issues.append(f"img_id_in_gen_prompt: {sorted(set(ids))}")
+    if URL_RE.search(gen_prompt):
+        issues.append("url_in_gen_prompt")
+    return issues

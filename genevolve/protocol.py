@@ -1,0 +1,203 @@
+"""The text protocol between the runtime and the policy.
+
+Each assistant turn is `<think>…</think>` followed by exactly one
+`<tool_call>{"name": …, "arguments": …}</tool_call>` or `<answer>{…}</answer>`.
+Observations go back as a user message `<tool_response>\n…\n</tool_response>`.
+This is the format of the released GenEvolve checkpoint, so that checkpoint served by any
+OpenAI-compatible server behaves here as it does upstream.
+
+Parsing rules for untidy replies (deterministic, tested):
+- Code fences, surrounding whitespace and prose after the closing tag are ignored.
+- A missing closing tag is tolerated when the JSON after the opening tag is complete.
+- When a reply holds several actions, the first one in the text wins: the policy committed to it
+  first, and everything after it was written without seeing its result. The others are ignored
+  and noted in the turn record ("2 extra actions ignored").
+- JSON is read strictly first, then leniently (trailing commas, a stray fence, text after the
+  closing brace). A reply whose action cannot be read is a format error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .tools.knowledge import load_skills
+
+MAX_TOOL_CALLS = 10
+MAX_ROUNDS = 11
+MAX_REFERENCES = 2
+
+FINAL_STEP_MESSAGE = (
+    "This is your last turn. Tools are no longer available: do not call any. "
+    "Using what you have gathered so far, reply with <think>…</think> and then your final "
+    "<answer>{\"gen_prompt\": …, \"reference_images\": […]}</answer> now."
+)
+
+FORMAT_ERROR_MESSAGE = (
+    "Format error: your reply must contain <think>…</think> followed by exactly one "
+    "<tool_call>{\"name\": …, \"arguments\": {…}}</tool_call> or one "
+    "<answer>{\"gen_prompt\": …, \"reference_images\": […]}</answer> with valid JSON. {detail}"
+)
+
+BUDGET_EXHAUSTED_MESSAGE = (
+    "Tool budget exhausted: you have made {n} tool calls, the maximum. "
+    "Do not call tools again; give your <answer> now."
+)
+
+REPEAT_NOTE = "(You already ran this exact call; here is the same result again. Do not repeat calls.)"
+
+_TAG_RE = re.compile(r"<(tool_call|answer)>", re.IGNORECASE)
+_FENCE_RE = re.compile(r"```[a-zA-Z]*")
+
+
+@dataclass
+class ParsedTurn:
+    kind: str                         # "tool_call" | "answer" | "error"
+    tool_name: str | None = None
+    arguments: Any = None
+    answer: dict[str, Any] | None = None
+    think: str | None = None
+    error: str | None = None          # why the turn is a format error
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_turn(text: str) -> ParsedTurn:
+    """Read one assistant reply into the single action it takes."""
+    think_m = re.search(r"<think>(.*?)(?:</think>|$)", text, re.DOTALL | re.IGNORECASE)
+    think = think_m.group(1).strip() if think_m else None
+    # Actions are looked for after the thinking, so a <tool_call> quoted inside <think> is not run.
+    body = text[think_m.end():] if think_m and "</think>" in text[think_m.start():think_m.end()].lower() else text
+    actions = list(_TAG_RE.finditer(body))
+    if not actions:
+        return ParsedTurn("error", think=think,
+                          error="No <tool_call> or <answer> was found in your reply.")
+    first = actions[0]
+    tag = first.group(1).lower()
+    close = re.search(rf"</{tag}>", body[first.end():], re.IGNORECASE)
+    payload = body[first.end(): first.end() + close.start()] if close else body[first.end():]
+    notes = [f"{len(actions) - 1} extra action(s) after the first ignored"] if len(actions) > 1 else []
+    try:
+        obj = loads_lenient(payload)
+    except ValueError as exc:
+        return ParsedTurn("error", think=think, error=f"The JSON inside <{tag}> could not be read: {exc}",
+                          notes=notes)
+    if not isinstance(obj, dict):
+        return ParsedTurn("error", think=think, error=f"<{tag}> must hold a JSON object.", notes=notes)
+    if tag == "answer":
+        return ParsedTurn("answer", answer=obj, think=think, notes=notes)
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        return ParsedTurn("error", think=think, notes=notes,
+                          error='<tool_call> JSON needs a "name" string and an "arguments" object.')
+    arguments = obj.get("arguments", {})
+    if isinstance(arguments, str):      # some servers double-encode the arguments
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            pass
+    return ParsedTurn("tool_call", tool_name=name, arguments=arguments, think=think, notes=notes)
+
+
+def loads_lenient(payload: str) -> Any:
+    """Parse the JSON of an action, forgiving the slips small models make."""
+    text = _FENCE_RE.sub("", payload).strip().strip("`").strip()
+    if not text:
+        raise ValueError("it is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    start = text.find("{")
+    if start < 0:
+        raise ValueError("no JSON object found")
+    candidate = _balanced_object(text, start)
+    if candidate is None:
+        raise ValueError("the JSON object is not closed")
+    for attempt in (candidate, re.sub(r",\s*([}\]])", r"\1", candidate)):
+        try:
+            return json.loads(attempt, strict=False)
+        except json.JSONDecodeError as exc:
+            error = exc
+    raise ValueError(f"{error.msg} at character {error.pos}")
+
+
+def _balanced_object(text: str, start: int) -> str | None:
+    depth, in_str, escape = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_str:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i + 1]
+    return None
+
+
+def tool_response(text: str) -> str:
+    return f"<tool_response>\n{text}\n</tool_response>"
+
+
+def format_error(detail: str) -> str:
+    return tool_response(FORMAT_ERROR_MESSAGE.replace("{detail}", detail))
+
+
+def build_system_prompt(tool_schemas: list[dict[str, Any]], *, max_tool_calls: int = MAX_TOOL_CALLS,
+                        max_references: int = MAX_REFERENCES, decision_guide: str | None = None) -> str:
+    """The system prompt: role, tools, skills, budgets, id and ordinal rules, answer format.
+
+    `decision_guide` is the privileged experience block that only the VED teacher sees; it sits
+    before the tool definitions, so student and teacher contexts differ in that block alone.
+    """
+    skills = load_skills()
+    skill_lines = "\n".join(
+        f"- {s.name}: {s.description}\n  Use when: {s.use_when}\n  Not when: {s.not_when}"
+        for s in skills.values())
+    tools = "\n".join(json.dumps(s, ensure_ascii=False) for s in tool_schemas)
+    guide = f"\n# Current-Task Decision Guide\n{decision_guide.strip()}\n" if decision_guide else ""
+    return f"""You are an image-generation agent. You turn a user's request into a program for a \
+reference-conditioned image generator: a precise generation prompt plus up to {max_references} \
+reference images. You cannot see images; you work from search results, image titles and the skills.
+{guide}
+# Tools
+Call one tool per turn. Available tools (JSON schema of each):
+{tools}
+
+# Skills (load with query_knowledge)
+{skill_lines}
+
+# How to work
+1. Find the facts the request hides (who, what, where, when) with `search` before choosing images.
+2. Call `image_search` at least once, one subject per call. Every image found has an id like IMG_001.
+3. Load every skill whose trigger the request meets; after a skill result, say in your next \
+<think> which rules you will apply, and apply them in gen_prompt.
+4. At most {max_tool_calls} tool calls in total. Never repeat the same call.
+5. Pick at most {max_references} references: the most faithful image per subject, no two of the \
+same subject.
+
+# Turn format
+Every reply is <think>your reasoning</think> followed by exactly one of:
+<tool_call>{{"name": "TOOL_NAME", "arguments": {{...}}}}</tool_call>
+<answer>{{"gen_prompt": "...", "reference_images": [{{"img_id": "IMG_001", "note": "what to take from it"}}]}}</answer>
+Tool results come back inside <tool_response>…</tool_response>.
+
+# Answer rules
+- gen_prompt is a complete, self-contained instruction for the generator. It states every \
+constraint of the request (exact quoted text, counts, positions, colours, style) and the facts \
+you found.
+- In gen_prompt refer to references only by position: "the first reference image", "the second \
+reference image". Never write IMG ids or URLs in gen_prompt.
+- reference_images lists the chosen ids sorted by id (IMG_002 before IMG_005); the first listed \
+is "the first reference image".
+- Only use ids that image_search returned."""

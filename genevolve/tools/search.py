@@ -1,0 +1,104 @@
+"""The `search` and `image_search` tools: one output format over any backend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .base import (ImageSearchBackend, SearchBackend, Tool, ToolContext, ToolResult, hit_dicts,
+                   validate_arguments)
+
+MAX_SNIPPET_CHARS = 600
+
+
+class SearchTool(Tool):
+    name = "search"
+    description = ("Look up text facts (names, dates, places, what something looks like). "
+                   "Takes several short queries at once; returns the top results for each.")
+    parameters = {
+        "type": "object",
+        "properties": {
+            "queries": {"type": "array", "items": {"type": "string", "minLength": 1},
+                        "minItems": 1, "maxItems": 5,
+                        "description": "One or more short, specific search queries."},
+            "top_k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
+        },
+        "required": ["queries"],
+    }
+
+    def __init__(self, backend: SearchBackend):
+        self.backend = backend
+
+    async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        args = validate_arguments(self.parameters, arguments)
+        queries = [q.strip() for q in args["queries"]]
+        results = await asyncio.gather(*(self.backend.search(q, args["top_k"]) for q in queries),
+                                       return_exceptions=True)
+        blocks, data, errors = [], [], []
+        for q, hits in zip(queries, results):
+            lines = [f"--- search result for [{q}] ---"]
+            if isinstance(hits, BaseException):
+                lines.append(f"Search failed: {hits}")
+                errors.append(f"{q}: {hits}")
+                data.append({"query": q, "error": str(hits)})
+            elif not hits:
+                lines.append("No results.")
+                data.append({"query": q, "hits": []})
+            else:
+                for i, h in enumerate(hits, 1):
+                    snippet = " ".join(h.snippet.split())[:MAX_SNIPPET_CHARS]
+                    lines.append(f"{i}. {h.title}\n   Source: {h.url}\n   {snippet}")
+                data.append({"query": q, "hits": hit_dicts(hits)})
+            blocks.append("\n".join(lines))
+        return ToolResult(text="\n\n".join(blocks), data={"backend": self.backend.name, "results": data},
+                          error="; ".join(errors) if errors and len(errors) == len(queries) else None)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+class ImageSearchTool(Tool):
+    name = "image_search"
+    description = ("Find reference images of one concrete subject. Each image found gets an id "
+                   "IMG_### that you can select in your answer.")
+    parameters = {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "minLength": 1,
+                      "description": "One subject to find pictures of, e.g. 'flag of Peru'."},
+            "top_k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
+        },
+        "required": ["query"],
+    }
+
+    def __init__(self, backend: ImageSearchBackend):
+        self.backend = backend
+
+    async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        args = validate_arguments(self.parameters, arguments)
+        query = args["query"].strip()
+        try:
+            hits = await self.backend.search_images(query, args["top_k"])
+        except Exception as exc:  # a failed search is an observation, not the end of the run
+            return ToolResult(text=f"--- image search result for [{query}] ---\nImage search failed: {exc}",
+                              data={"backend": self.backend.name, "query": query}, error=str(exc))
+        lines = [f"--- image search result for [{query}] ---"]
+        found = []
+        for h in hits:
+            img_id = ctx.images.register(h)
+            found.append({"img_id": img_id, **hit_dicts([h])[0]})
+            parts = [f"[{img_id}] {h.title}"]
+            if h.url:
+                parts.append(f"   url: {h.url}")
+            if h.page_url:
+                parts.append(f"   page: {h.page_url}")
+            if h.local_path:
+                parts.append(f"   local_path: {h.local_path}")
+            lines.append("\n".join(parts))
+        if not hits:
+            lines.append("No images found. Try a shorter or more general query.")
+        return ToolResult(text="\n".join(lines),
+                          data={"backend": self.backend.name, "query": query, "images": found})
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()

@@ -1,0 +1,98 @@
+"""An OpenAI-compatible chat server on 127.0.0.1 that replays scripted assistant turns.
+
+It records every request it receives. A script is a list of turns (the reply to a conversation
+is the turn at the index of its assistant-message count) or a function of the request body.
+Failure modes: `fail_first` answers the first N requests with an HTTP status; `delay_s` waits
+before every reply (for throughput measurements).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+Script = list[str] | Callable[[dict[str, Any]], str]
+
+
+class FakeChatServer:
+    def __init__(self, script: Script, *, delay_s: float = 0.0, fail_first: int = 0, fail_status: int = 500,
+                 raw_reply: bytes | None = None):
+        self.script = script
+        self.delay_s = delay_s
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.raw_reply = raw_reply          # send these bytes as the body instead of a chat reply
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with outer._lock:
+                    outer.requests.append(body)
+                    outer.headers.append(dict(self.headers))
+                    n = len(outer.requests)
+                if outer.delay_s:
+                    time.sleep(outer.delay_s)
+                if n <= outer.fail_first:
+                    return self._send(outer.fail_status, json.dumps({"error": {"message": "scripted failure"}})
+                                      .encode())
+                if outer.raw_reply is not None:
+                    return self._send(200, outer.raw_reply)
+                if callable(outer.script):
+                    text = outer.script(body)
+                else:
+                    idx = sum(1 for m in body["messages"] if m["role"] == "assistant")
+                    text = outer.script[min(idx, len(outer.script) - 1)]
+                reply = {"id": f"chatcmpl-{n}", "object": "chat.completion", "model": body.get("model"),
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": text}}],
+                         "usage": {"prompt_tokens": 100, "completion_tokens": len(text.split()),
+                                   "total_tokens": 100 + len(text.split()),
+                                   "prompt_tokens_details": {"cached_tokens": 64}}}
+                self._send(200, json.dumps(reply).encode())
+
+            def _send(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.request_queue_size = 256
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> "FakeChatServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def tool_call(name: str, arguments: dict[str, Any], think: str = "I need more information.") -> str:
+    return f"<think>{think}</think>\n<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+
+
+def answer(gen_prompt: str, refs: list[str] | list[dict[str, str]], think: str = "I have enough.") -> str:
+    items = [r if isinstance(r, dict) else {"img_id": r, "note": "use it"} for r in refs]
+    return f"<think>{think}</think>\n<answer>{json.dumps({'gen_prompt': gen_prompt, 'reference_images': items})}</answer>"

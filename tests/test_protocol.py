@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from genevolve import protocol
+from genevolve.program import Program, Reference, check_gen_prompt, ordinals_in
+
+
+def test_tool_call_with_think():
+    t = protocol.parse_turn('<think>look it up</think>\n<tool_call>{"name": "search", '
+                            '"arguments": {"queries": ["capital Canberra"]}}</tool_call>')
+    assert t.kind == "tool_call" and t.tool_name == "search"
+    assert t.arguments == {"queries": ["capital Canberra"]} and t.think == "look it up"
+
+
+def test_code_fences_whitespace_and_trailing_prose():
+    text = ('<think>ok</think>\n\n<tool_call>\n```json\n{"name": "image_search", "arguments": '
+            '{"query": "flag of Australia",}}\n```\n</tool_call>\nI hope this helps!')
+    t = protocol.parse_turn(text)
+    assert t.kind == "tool_call" and t.arguments == {"query": "flag of Australia"}
+
+
+def test_missing_closing_tag_with_complete_json():
+    t = protocol.parse_turn('<think>x</think><answer>{"gen_prompt": "a cat", "reference_images": []}')
+    assert t.kind == "answer" and t.answer["gen_prompt"] == "a cat"
+
+
+def test_first_action_wins_and_rest_is_noted():
+    text = ('<think>x</think><tool_call>{"name": "search", "arguments": {"queries": ["a"]}}</tool_call>'
+            '<answer>{"gen_prompt": "b", "reference_images": []}</answer>'
+            '<tool_call>{"name": "search", "arguments": {"queries": ["c"]}}</tool_call>')
+    t = protocol.parse_turn(text)
+    assert t.kind == "tool_call" and t.arguments == {"queries": ["a"]}
+    assert t.notes == ["2 extra action(s) after the first ignored"]
+    t2 = protocol.parse_turn('<answer>{"gen_prompt": "b", "reference_images": []}</answer>'
+                             '<tool_call>{"name": "search", "arguments": {}}</tool_call>')
+    assert t2.kind == "answer"
+
+
+def test_tool_call_inside_think_is_not_run():
+    t = protocol.parse_turn('<think>I could write <tool_call>{"name": "search"}</tool_call> '
+                            'but I will answer</think><answer>{"gen_prompt": "x"}</answer>')
+    assert t.kind == "answer"
+
+
+@pytest.mark.parametrize("text", ["just prose", "<think>only thinking</think>",
+                                  "<tool_call>not json</tool_call>", "<tool_call>[1, 2]</tool_call>",
+                                  '<tool_call>{"arguments": {}}</tool_call>', "<answer></answer>"])
+def test_format_errors(text):
+    t = protocol.parse_turn(text)
+    assert t.kind == "error" and t.error
+
+
+def test_double_encoded_arguments():
+    t = protocol.parse_turn('<tool_call>{"name": "search", "arguments": "{\\"queries\\": [\\"x\\"]}"}</tool_call>')
+    assert t.arguments == {"queries": ["x"]}
+
+
+def test_system_prompt_mentions_every_tool_skill_and_rule(tools):
+    prompt = protocol.build_system_prompt([t.schema() for t in tools])
+    for name in ("search", "image_search", "query_knowledge", "spatial_layout", "quantity_counting",
+                 "text_rendering", "attribute_binding", "<tool_call>", "<answer>", "IMG_001",
+                 "the first reference image", "At most 10 tool calls"):
+        assert name in prompt
+    for t in tools:       # the JSON schemas are there verbatim
+        assert json.dumps(t.schema(), ensure_ascii=False) in prompt
+    guided = protocol.build_system_prompt([t.schema() for t in tools], decision_guide="- verify the year")
+    assert guided.index("Decision Guide") < guided.index("# Tools")
+
+
+def test_ordinals_and_program_checks():
+    assert ordinals_in("Put the second reference image left of the first reference image, "
+                       "and reference image 3 behind") == [2, 1, 3]
+    assert check_gen_prompt("", 0) == ["empty_gen_prompt"]
+    issues = check_gen_prompt("Use the third reference image and IMG_004 from https://x.org/a.png", 2)
+    assert any(i.startswith("ordinal_out_of_range") for i in issues)
+    assert any(i.startswith("img_id_in_gen_prompt") for i in issues)
+    assert "url_in_gen_prompt" in issues
+    assert check_gen_prompt("The flag from the first reference image", 1) == []
+    p = Program("x", [Reference("IMG_001", "n", "/a.png")])
+    assert Program.from_dict(p.to_dict()) == p
