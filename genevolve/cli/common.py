@@ -43,6 +43,16 @@ def add_tool_args(p: argparse.ArgumentParser) -> None:
                    "(env GENEVOLVE_SEARCH; default offline)")
     g.add_argument("--image-search", default=None, help="image search backend: offline | serper | searxng "
                    "(env GENEVOLVE_IMAGE_SEARCH; default offline)")
+    g.add_argument("--search-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="option for the search backend, e.g. url=http://searx.local (SearXNG), "
+                        "refresh=true, cache=false (repeatable)")
+    g.add_argument("--image-search-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="option for the image search backend (repeatable)")
+    g.add_argument("--allow-download-host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="let image downloads reach this host even if it is private or loopback "
+                        "(a local mirror); repeatable")
+    g.add_argument("--allow-private-downloads", action="store_true",
+                   help="let image downloads reach any private address (never cloud metadata)")
 
 
 def add_backend_args(p: argparse.ArgumentParser, default: str | None = "offline") -> None:
@@ -120,7 +130,18 @@ def build_tools(args: argparse.Namespace):
 
     search = setting(args.search, "GENEVOLVE_SEARCH", "tools", "search", "offline")
     image_search = setting(args.image_search, "GENEVOLVE_IMAGE_SEARCH", "tools", "image_search", "offline")
-    return default_tools(make_search_backend(search), make_image_search_backend(image_search))
+    search_opts = dict(setting(None, None, "search", search, {}) or {})
+    search_opts.update(parse_options(args.search_opt, "--search-opt"))
+    image_opts = dict(setting(None, None, "image_search", image_search, {}) or {})
+    image_opts.update(parse_options(args.image_search_opt, "--image-search-opt"))
+    allow_hosts = list(args.allow_download_host) + list(setting(None, None, "downloads", "allow_hosts", []) or [])
+    if image_search != "offline":          # web image backends download through the safe downloader
+        if allow_hosts:
+            image_opts["allow_hosts"] = allow_hosts
+        if args.allow_private_downloads:
+            image_opts["allow_private"] = True
+    return default_tools(make_search_backend(search, **search_opts),
+                         make_image_search_backend(image_search, **image_opts))
 
 
 def build_generator(args: argparse.Namespace, default: str = "offline"):

@@ -105,11 +105,12 @@ _CUES = [
     (r"(?:top|upper)[- ]left", "region", "top-left"), (r"(?:top|upper)[- ]right", "region", "top-right"),
     (r"(?:bottom|lower)[- ]left", "region", "bottom-left"),
     (r"(?:bottom|lower)[- ]right", "region", "bottom-right"),
-    (r"(?:as|for|in) (?:the |a )?(?:background|backdrop|setting|scene|environment)"
-     r"|background(?: is| from| of|:)", "role", "background"),
+    # "in/as/for/across the background", "background: ..." -- but not "on a blue background".
+    (r"(?:(?:as|for|in|across|fills|spans|covers) )?the (?:background|backdrop)|as (?:a )?(?:background|backdrop)"
+     r"|(?:as|for) (?:the )?(?:setting|scene|environment)|background(?: is| from| of|:)", "role", "background"),
     (r"in the foreground|at the front|up front|foreground", "region", "foreground"),
     (r"side[- ]by[- ]side", "side", "side-by-side"),
-    (r"(?:title|titled|headline|heading|header)", "text", "top"),
+    (r"(?:title|titled|headline|heading|header|sky)", "text", "top"),
     (r"(?:caption|captioned|subtitle|footer|tagline)", "text", "bottom"),
     (r"(?:sign|signboard|signpost|plaque|placard|billboard|label|storefront|nameplate|board)", "text", "sign"),
     (r"left", "h", "left"),
@@ -209,8 +210,9 @@ def parse_layout(gen_prompt: str, n_refs: int) -> Layout:
     layout.pastel = bool(_find_named(text, PALETTE_MODIFIERS, used))
     _parse_counts(text, used, anchors, refs, layout, sentence_of)
     for m in re.finditer(r"\b(" + "|".join(COLOURS) + r")\b", text, re.IGNORECASE):
-        if not any(used[m.start():m.end()]) and m.group(1).lower() not in layout.colours:
-            layout.colours.append(m.group(1).lower())
+        proper_noun = m.group(1)[0].isupper() and text[:m.start()].rstrip()[-1:] not in ("", ".", "!", "?", ";")
+        if not any(used[m.start():m.end()]) and not proper_noun and m.group(1).lower() not in layout.colours:
+            layout.colours.append(m.group(1).lower())       # "Golden Gate Bridge" is a name, not a colour
 
     relations = _parse_relations(text, used, anchors)
     cues = _parse_cues(text, used, sentence_of)
