@@ -65,14 +65,21 @@ class Program:
         return check_gen_prompt(self.gen_prompt, len(self.references))
 
 
+def reference_mentions(text: str) -> list[tuple[int, int, int]]:
+    """Where `text` names a reference by position: (start, end, 1-based position), in text order."""
+    found = [(m.start(), m.end(), _ORDINAL_WORDS[m.group(1).lower()]) for m in _ORDINAL_BEFORE.finditer(text)]
+    found += [(m.start(), m.end(), int(m.group(1))) for m in _NUMBER_AFTER.finditer(text)]
+    found.sort()
+    kept: list[tuple[int, int, int]] = []
+    for item in found:                     # "the first reference image 1" must not count twice
+        if not kept or item[0] >= kept[-1][1]:
+            kept.append(item)
+    return kept
+
+
 def ordinals_in(text: str) -> list[int]:
     """Every reference position (1-based) that `text` names, in order of appearance."""
-    found: list[tuple[int, int]] = []
-    for m in _ORDINAL_BEFORE.finditer(text):
-        found.append((m.start(), _ORDINAL_WORDS[m.group(1).lower()]))
-    for m in _NUMBER_AFTER.finditer(text):
-        found.append((m.start(), int(m.group(1))))
-    return [n for _, n in sorted(found)]
+    return [n for _, _, n in reference_mentions(text)]
 
 
 def check_gen_prompt(gen_prompt: str, n_references: int) -> list[str]:

@@ -107,6 +107,7 @@ def test_parse_counts_texts_and_looks():
     layout = parse_layout("Three cats from the first reference image on a sofa.", 1)
     assert layout.placements[0].count == 3 and not layout.shapes
     assert parse_layout("The first reference image, repeated 4 times.", 1).placements[0].count == 4
+    assert parse_layout("9 jack-o'-lanterns from the first reference image.", 1).placements[0].count == 9
     layout = parse_layout("Three red squares, 5 apples and a pair of blue shoes, watercolor, at sunset, neon.", 0)
     assert [(s.count, s.noun, s.shape, s.colour) for s in layout.shapes] == [
         (3, "square", "square", "red"), (5, "apple", "circle", "red"), (2, "shoe", "circle", "blue")]
@@ -191,6 +192,13 @@ def test_same_program_and_seed_give_identical_pixels(renderer, images):
     default_seed = OfflineRenderer(seed=7).render_sync(prog)
     assert default_seed.metadata["seed"] == 7 and np.array_equal(first, np.asarray(default_seed.image))
 
+    other = program("Five blue circles, 'BYE' at the bottom, watercolor.")
+    async def both():                      # two renders in parallel threads, as an agent batch would run them
+        return await asyncio.gather(renderer.render(prog, seed=7), renderer.render(other, seed=7))
+    parallel = asyncio.run(both())
+    assert np.array_equal(np.asarray(parallel[0].image), first)
+    assert np.array_equal(np.asarray(parallel[1].image), np.asarray(renderer.render_sync(other, seed=7).image))
+
 
 def test_styles_and_style_references_change_the_picture(renderer, images):
     noir = np.asarray(renderer.render_sync(program("The first reference image, black and white.",
@@ -204,6 +212,17 @@ def test_styles_and_style_references_change_the_picture(renderer, images):
     assert mean_styled[2] - mean_styled[0] > mean_plain[2] - mean_plain[0] + 30    # moved towards blue
     sketch = renderer.render_sync(program("A pencil sketch of the first reference image.", images["cat"]))
     assert sketch.metadata["effects"] == ["style: sketch"]
+
+
+def test_colour_and_lighting_words_set_the_backdrop(renderer):
+    def corner_mean(prompt: str) -> np.ndarray:
+        pixels = np.asarray(renderer.render_sync(program(prompt)).image).astype(float)
+        return pixels[:120, :120].reshape(-1, 3).mean(0)      # top-left corner: background only
+
+    blue = corner_mean("A lighthouse on a blue background.")
+    assert blue[2] > blue[0] + 60
+    assert corner_mean("A quiet street at night.").mean() < 40
+    assert corner_mean("A pastel pink nursery.").mean() > 180
 
 
 def test_metadata_records_what_was_done(renderer, images):

@@ -13,6 +13,7 @@ carries the block or finish reason and what the model said.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -81,8 +82,8 @@ class NanoBananaProGenerator(Generator):
         # The API has no seed for image output; `seed` is accepted for the interface and recorded.
         if not program.gen_prompt.strip():
             raise GeneratorError("nano-banana-pro: the prompt is empty")
-        images = load_references(program, max_refs=self.max_refs)
-        body = self.request_body(program.gen_prompt, images)
+        images = await asyncio.to_thread(load_references, program, max_refs=self.max_refs)
+        body = await asyncio.to_thread(self.request_body, program.gen_prompt, images)
         t0 = time.perf_counter()
         try:
             response = await request_with_retries(
@@ -92,7 +93,8 @@ class NanoBananaProGenerator(Generator):
         except HTTPRetryError as exc:
             raise GeneratorError(f"nano-banana-pro: {exc}") from None
         if response.status_code != 200:
-            raise GeneratorError(f"nano-banana-pro: HTTP {response.status_code}: {server_message(response)}")
+            said = server_message(response).replace(self.api_key, "[key]")    # some proxies echo the key
+            raise GeneratorError(f"nano-banana-pro: HTTP {response.status_code}: {said}")
         try:
             payload = response.json()
         except ValueError:

@@ -1,15 +1,12 @@
 """Read a gen_prompt into a layout the offline renderer can draw, and the geometry it draws with.
 
-`parse_layout(gen_prompt, n_refs)` is pure (text in, `Layout` out) so it can be tested on its own and
-reused by the offline judge. It understands the vocabulary generation prompts actually use:
-
-- which reference goes where: "the first reference image on the left", "reference image 2 above the
-  first reference image", "the second reference image as the background", "in the style of the
-  second reference image";
-- counts: "three cats from the first reference image", "the first reference image three times",
-  "5 apples", "a pair of red shoes" (counts not tied to a reference become simple shapes);
-- quoted text ('…', "…", “…”, ‘…’) and where it goes: title/top, caption/bottom, centre, on a sign;
-- colour, lighting and style words.
+`parse_layout(gen_prompt, n_refs)` is pure (text in, `Layout` out), so it is tested on its own and can
+be reused by the offline judge. It reads: which reference goes where ("the first reference image on the
+left", "reference image 2 above the first reference image", "the second reference image as the
+background", "in the style of the second reference image"); counts ("three cats from the first
+reference image", "the first reference image three times", "5 apples", "a pair of red shoes"; counts not
+tied to a reference become simple shapes); quoted text ('…', "…", “…”, ‘…’) and where it goes (title/top,
+caption/bottom, centre, on a sign); colour, lighting and style words.
 
 Spatial words attach to the nearest thing named in the same sentence (a reference, a quote, a
 counted group), so "the first reference image on the left and the second on the right" and
@@ -22,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..program import _NUMBER_AFTER, _ORDINAL_BEFORE, _ORDINAL_WORDS
+from ..program import reference_mentions
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 30, 30), "crimson": (180, 20, 50), "scarlet": (230, 45, 20), "maroon": (120, 20, 40),
@@ -56,34 +53,28 @@ LIGHTING_WORDS: dict[str, str] = {
 }
 PALETTE_MODIFIERS = {"pastel": r"pastel"}
 
-NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-                "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "twin": 2}
-MULTIWORD_NUMBERS = {("a", "pair", "of"): 2, ("a", "couple", "of"): 2, ("a", "trio", "of"): 3,
-                     ("a", "dozen"): 12}
+NUMBER_WORDS = {w: n for n, w in enumerate("one two three four five six seven eight nine ten eleven twelve"
+                                           .split(), 1)} | {"twin": 2}
+MULTIWORD_NUMBERS = {("a", "pair", "of"): 2, ("a", "couple", "of"): 2, ("a", "trio", "of"): 3, ("a", "dozen"): 12}
 MAX_COUNT = 64
-REPEAT_NOUNS = {"times", "copies", "copy", "instances", "versions", "clones", "duplicates", "repetitions",
-                "replicas"}
-ADJECTIVES = {"small", "big", "large", "tiny", "little", "huge", "giant", "round", "shiny", "bright",
-              "pastel", "dark", "light", "glowing", "fluffy", "cute", "identical", "tall", "short", "wooden",
-              "metal", "plastic", "paper", "happy", "old", "young", "new", "smiling", "colorful", "colourful",
-              "matching", "floating", "flying", "ripe", "fresh", "stylized", "stylised", "simple", "cartoon"}
-NOT_NOUNS = {"of", "the", "a", "an", "and", "or", "in", "on", "at", "to", "with", "reference", "references",
-             "ref", "image", "images", "photo", "photos", "more", "other", "different", "years", "px",
-             "pixels", "percent", "degrees", "side", "sides"}
+REPEAT_NOUNS = set("times copies copy instances versions clones duplicates repetitions replicas".split())
+ADJECTIVES = set("small big large tiny little huge giant round shiny bright pastel dark light glowing fluffy cute "
+                 "identical tall short wooden metal plastic paper happy old young new smiling colorful colourful "
+                 "matching floating flying ripe fresh stylized stylised simple cartoon".split())
+NOT_NOUNS = set("of the a an and or in on at to with reference references ref image images photo photos more "
+                "other different years px pixels percent degrees side sides o'clock".split())
 # A counted noun is "from" a reference when one of these words links them: "three cats from the first ...".
-LINK_WORDS = {"from", "of", "like", "in", "based", "as", "matching", "resembling", "shown", "depicted",
-              "using", "taken"}
+LINK_WORDS = set("from of like in based as matching resembling shown depicted using taken".split())
 BOUNDARY = re.compile(r"[,;:]|\b(?:and|while|but|whereas|plus|then)\b", re.IGNORECASE)
 
-SHAPE_OF_NOUN = {
-    "circle": {"circle", "ball", "balloon", "sphere", "dot", "disc", "disk", "coin", "orb", "bubble",
-               "planet", "sun", "moon", "apple", "orange", "cherry", "wheel", "button", "cookie", "donut",
-               "doughnut", "pizza", "plate", "egg", "lemon", "tomato", "grape", "pearl", "marble"},
-    "square": {"square", "box", "cube", "block", "tile", "brick", "crate", "book", "window", "card",
-               "frame", "gift", "present", "die", "dice", "rectangle", "building", "door", "screen"},
-    "triangle": {"triangle", "pyramid", "tree", "mountain", "tent", "cone", "slice", "sail", "roof"},
-    "star": {"star", "starfish", "sparkle"},
-}
+SHAPE_OF_NOUN = {shape: set(nouns.split()) for shape, nouns in {
+    "circle": "circle ball balloon sphere dot disc disk coin orb bubble planet sun moon apple orange cherry "
+              "wheel button cookie donut doughnut pizza plate egg lemon tomato grape pearl marble",
+    "square": "square box cube block tile brick crate book window card frame gift present die dice rectangle "
+              "building door screen",
+    "triangle": "triangle pyramid tree mountain tent cone slice sail roof",
+    "star": "star starfish sparkle",
+}.items()}
 DEFAULT_NOUN_COLOUR = {"apple": "red", "cherry": "red", "tomato": "red", "strawberry": "red",
                        "orange": "orange", "pumpkin": "orange", "sun": "yellow", "lemon": "yellow",
                        "banana": "yellow", "star": "gold", "coin": "gold", "moon": "silver", "tree": "green",
@@ -91,7 +82,7 @@ DEFAULT_NOUN_COLOUR = {"apple": "red", "cherry": "red", "tomato": "red", "strawb
                        "snowball": "white", "mountain": "gray"}
 ACCENTS = ["orange", "teal", "magenta", "yellow", "violet", "green"]
 
-_TOKEN = re.compile(r"[A-Za-z]+(?:['’\-][A-Za-z]+)*|\d+(?:\.\d+)?[A-Za-z%]*")
+_TOKEN = re.compile(r"[A-Za-z]+(?:['’\-]+[A-Za-z]+)*|\d+(?:\.\d+)?[A-Za-z%]*")   # "jack-o'-lanterns" is one word
 _QUOTES = re.compile(r"“([^”]+)”|\"([^\"]+)\"|‘([^’]+)’|«([^»]+)»|(?<![\w])'([^']+?)'(?![\w])")
 _SENTENCE_END = re.compile(r"[.!?;]+(?=\s|$)|\n+")
 
@@ -103,8 +94,7 @@ _RELATIONS = [
 ]
 _CUES = [
     (r"(?:top|upper)[- ]left", "region", "top-left"), (r"(?:top|upper)[- ]right", "region", "top-right"),
-    (r"(?:bottom|lower)[- ]left", "region", "bottom-left"),
-    (r"(?:bottom|lower)[- ]right", "region", "bottom-right"),
+    (r"(?:bottom|lower)[- ]left", "region", "bottom-left"), (r"(?:bottom|lower)[- ]right", "region", "bottom-right"),
     # "in/as/for/across the background", "background: ..." -- but not "on a blue background".
     (r"(?:(?:as|for|in|across|fills|spans|covers) )?the (?:background|backdrop)|as (?:a )?(?:background|backdrop)"
      r"|(?:as|for) (?:the )?(?:setting|scene|environment)|background(?: is| from| of|:)", "role", "background"),
@@ -194,7 +184,7 @@ def parse_layout(gen_prompt: str, n_refs: int) -> Layout:
         anchors.append(_Anchor("quote", len(layout.texts) - 1, start, end, sentence_of(start)))
 
     refs = {i: Placement(ref=i) for i in range(1, n_refs + 1)}
-    for start, end, n in _mentions(text):
+    for start, end, n in reference_mentions(text):
         _claim(used, start, end)
         if not 1 <= n <= n_refs:
             layout.notes.append(f"gen_prompt names reference {n} but the program has {n_refs}; ignored")
@@ -244,17 +234,6 @@ def _sentence_index(text: str):
     return lambda pos: sum(1 for e in ends if e <= pos)
 
 
-def _mentions(text: str) -> list[tuple[int, int, int]]:
-    found = [(m.start(), m.end(), _ORDINAL_WORDS[m.group(1).lower()]) for m in _ORDINAL_BEFORE.finditer(text)]
-    found += [(m.start(), m.end(), int(m.group(1))) for m in _NUMBER_AFTER.finditer(text)]
-    found.sort()
-    kept: list[tuple[int, int, int]] = []
-    for item in found:                     # "first reference image 1" must not count twice
-        if not kept or item[0] >= kept[-1][1]:
-            kept.append(item)
-    return kept
-
-
 def _claim(used: bytearray, start: int, end: int) -> None:
     used[start:end] = b"\x01" * (end - start)
 
@@ -287,11 +266,10 @@ def _parse_counts(text, used, anchors, refs, layout, sentence_of) -> None:
             i += 1
             continue
         j, adjectives = i + width, []
-        while j < len(words) and len(adjectives) < 3 and all(p in ADJECTIVES or p in COLOURS
-                                                             for p in words[j].split("-")):
+        while j < len(words) and len(adjectives) < 3 and (_is_adjective(words[j]) or _is_compound_adjective(words, j)):
             adjectives += words[j].split("-")
             j += 1
-        if j >= len(words) or (words[j] in NOT_NOUNS and words[j] != "of") or not words[j].isalpha():
+        if j >= len(words) or (words[j] in NOT_NOUNS and words[j] != "of") or not words[j][0].isalpha():
             i += 1
             continue
         start, end, noun = tokens[i][0], tokens[j][1], words[j]
@@ -313,6 +291,16 @@ def _parse_counts(text, used, anchors, refs, layout, sentence_of) -> None:
             anchors.append(_Anchor("shapes", len(layout.shapes) - 1, start, end, sentence))
             _claim(used, start, end)
         i = j + 1
+
+
+def _is_adjective(word: str) -> bool:
+    return all(p in ADJECTIVES or p in COLOURS for p in word.split("-"))
+
+
+def _is_compound_adjective(words: list[str], j: int) -> bool:
+    """ "well-known" in "three well-known landmarks": hyphenated and followed by a plain word."""
+    following = words[j + 1] if j + 1 < len(words) else ""
+    return "-" in words[j] and following.isalpha() and following not in NOT_NOUNS | LINK_WORDS
 
 
 def _number_at(words: list[str], i: int) -> tuple[int, int]:
@@ -337,9 +325,9 @@ def _count_target(text: str, noun_end: int, noun: str, anchors: list[_Anchor], s
         return earlier[-1].key if earlier else None
     for a in refs_here:
         between = text[noun_end:a.start]
-        if a.start >= noun_end and not BOUNDARY.search(between) and len(_TOKEN.findall(between)) <= 5:
-            if noun == "of" or "(" in between or LINK_WORDS & {w.lower() for w in _TOKEN.findall(between)}:
-                return a.key
+        linked = noun == "of" or "(" in between or LINK_WORDS & {w.lower() for w in _TOKEN.findall(between)}
+        if a.start >= noun_end and linked and not BOUNDARY.search(between) and len(_TOKEN.findall(between)) <= 5:
+            return a.key
     return None
 
 
@@ -419,7 +407,7 @@ def _assign_cues(text, cues, anchors, refs, layout) -> None:
             target.region = _combine(target.region, kind, value)
     if side_by_side:
         unplaced = [p for p in refs.values() if p.role == "subject" and p.region == "auto"]
-        for p, side in zip(unplaced, ("left", "right")):
+        for p, side in zip(unplaced, ("left", "right"), strict=False):   # a third one stays "full"
             p.region, p.cues = side, p.cues + ["side by side"]
 
 
@@ -496,10 +484,9 @@ def _resolve_regions(refs: dict[int, Placement], layout: Layout) -> None:
             p.region = free if free and free not in placed else "full"
             p.cues.append("default")
             placed.append(p.region)
-    for s in layout.shapes:
+    for s in layout.shapes:                             # same rule; things sharing "full" sit side by side
         if s.region == "auto":
-            s.region = "full" if not placed else (_COMPLEMENT.get(placed[0], "foreground")
-                                                   if len(placed) == 1 else "foreground")
+            s.region = (_COMPLEMENT.get(placed[0]) if len(placed) == 1 else None) or "full"
 
 
 def _default_shape(text: str, layout: Layout) -> ShapeGroup:
@@ -507,7 +494,8 @@ def _default_shape(text: str, layout: Layout) -> ShapeGroup:
     words = [_singular(w.lower()) for w in _TOKEN.findall(text)]
     noun = next((w for w in words if any(w in nouns for nouns in SHAPE_OF_NOUN.values())), "subject")
     shape = next((s for s, nouns in SHAPE_OF_NOUN.items() if noun in nouns), "circle")
-    colour = DEFAULT_NOUN_COLOUR.get(noun) or (layout.colours[0] if layout.colours else "white")
+    light_backdrop = layout.pastel or bool({"soft", "cold", "warm"} & set(layout.lighting))
+    colour = DEFAULT_NOUN_COLOUR.get(noun) or ("navy" if light_backdrop else "white")
     return ShapeGroup(noun=noun, shape=shape, count=1, colour=colour, rgb=COLOURS[colour], region="center",
                       cues=["default subject"])
 

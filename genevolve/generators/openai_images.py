@@ -13,6 +13,7 @@ download guard, and such URLs expire anyway.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -65,15 +66,15 @@ class OpenAIImagesGenerator(Generator):
         # The API takes no seed; `seed` is accepted for the interface and recorded.
         if not program.gen_prompt.strip():
             raise GeneratorError("openai-images: the prompt is empty")
-        images = load_references(program, max_refs=self.max_refs)
+        images = await asyncio.to_thread(load_references, program, max_refs=self.max_refs)
         fields = self._fields(program.gen_prompt)
         headers = {"Authorization": f"Bearer {self.api_key}"}
         if images:
             endpoint = f"{self.base_url}/images/edits"
             if self.input_fidelity:
                 fields["input_fidelity"] = self.input_fidelity
-            files = [("image[]", (f"reference_{i}.png", encode_image(bounded(im), "PNG"), "image/png"))
-                     for i, im in enumerate(images, 1)]
+            pngs = await asyncio.to_thread(lambda: [encode_image(bounded(im), "PNG") for im in images])
+            files = [("image[]", (f"reference_{i}.png", png, "image/png")) for i, png in enumerate(pngs, 1)]
             kwargs: dict[str, Any] = {"data": {k: str(v) for k, v in fields.items()}, "files": files}
         else:
             endpoint = f"{self.base_url}/images/generations"
@@ -86,7 +87,8 @@ class OpenAIImagesGenerator(Generator):
         except HTTPRetryError as exc:
             raise GeneratorError(f"openai-images: {exc}") from None
         if response.status_code != 200:
-            raise GeneratorError(f"openai-images: HTTP {response.status_code}: {server_message(response)}")
+            said = server_message(response).replace(self.api_key, "[key]")    # some proxies echo the key
+            raise GeneratorError(f"openai-images: HTTP {response.status_code}: {said}")
         image, info = parse_reply(response, max_pixels=self.max_image_pixels)
         metadata = {"backend": self.name, "model": self.model, "endpoint": endpoint.rsplit("/", 1)[-1],
                     "requested_size": self.size, "width": image.width, "height": image.height,

@@ -130,8 +130,12 @@ class QwenImageEditGenerator(Generator):
     # ------------------------------------------------------------------ rendering
 
     async def render(self, program: Program, *, seed: int | None = None) -> RenderResult:
+        return await asyncio.to_thread(self.render_program, program, seed=seed)
+
+    def render_program(self, program: Program, *, seed: int | None = None) -> RenderResult:
+        """Blocking form of `render`: read the program's reference files, then render."""
         images = load_references(program, max_refs=self.max_refs)
-        result = await asyncio.to_thread(self.render_images, program.gen_prompt, images, seed=seed)
+        result = self.render_images(program.gen_prompt, images, seed=seed)
         dropped = len(program.references) - len(images)
         if dropped > 0:
             result.metadata["references_dropped"] = dropped
@@ -168,11 +172,16 @@ class QwenImageEditGenerator(Generator):
 
         with self._lock:
             pipe = self._ensure_pipeline()
+            # Only guidance-distilled transformers read guidance_scale; the others (2509/2511 included)
+            # ignore it with a warning per render, so it is passed only where it means something.
+            distilled = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "guidance_embeds", False)
             t0 = time.perf_counter()
             try:
                 out = pipe(image=images, prompt=prompt, negative_prompt=negative, true_cfg_scale=true_cfg,
-                           guidance_scale=guidance, num_inference_steps=steps, height=height, width=width,
-                           num_images_per_prompt=1, generator=torch.Generator(device="cpu").manual_seed(seed))
+                           guidance_scale=guidance if distilled else None, num_inference_steps=steps,
+                           height=height, width=width, num_images_per_prompt=1,
+                           # a CPU generator gives the same noise for a seed on every device
+                           generator=torch.Generator(device="cpu").manual_seed(seed))
             except (RuntimeError, ValueError) as exc:    # CUDA OOM is a RuntimeError subclass
                 raise GeneratorError(f"qwen-image-edit: the pipeline failed: {exc}") from exc
             render_s = time.perf_counter() - t0

@@ -4,8 +4,8 @@ Protocol (see `genevolve.serve.qwen_app`): POST {url}/generate with JSON {prompt
 seed, num_inference_steps, true_cfg_scale, guidance_scale, negative_prompt, height, width}; the reply
 is {image: base64 PNG, ...metadata}, an error is {"error": {"message": ...}}.
 
-Several servers (`urls`, or env QWEN_EDIT_URLS, comma-separated) are used round-robin; each render
-goes to the next one, and when a server still fails after its retries (refused connection, timeout,
+Several servers (`urls`, or env QWEN_EDIT_URLS, comma-separated) are used round-robin: each render
+goes to the next server among those with the fewest renders in flight from this client, and when a server still fails after its retries (refused connection, timeout,
 5xx) the render moves on to the others before giving up. `max_concurrency` is the number of servers
 times `slots_per_server`, so a batch keeps every GPU busy without overfilling any queue.
 References are sent as PNG (lossless, at most 2048 px on the long side), so a render through the
@@ -14,6 +14,7 @@ service matches a local render of the same program pixel for pixel.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
@@ -61,7 +62,8 @@ class QwenImageEditServiceGenerator(Generator):
                         "guidance_scale": guidance_scale, "negative_prompt": negative_prompt}
         self.max_refs = int(max_refs)
         self.max_image_pixels = int(max_image_pixels)
-        self._next = itertools.cycle(range(len(self.urls)))
+        self._turn = itertools.count()
+        self._in_flight = [0] * len(self.urls)
         self._last_error: dict[str, str] = {}       # request id -> the server's last error message
         self._client = LoopLocalClient(lambda: httpx.AsyncClient(
             timeout=self.timeout, event_hooks={"response": [self._remember_error]}))
@@ -75,27 +77,41 @@ class QwenImageEditServiceGenerator(Generator):
             self._last_error[request_id] = server_message(response)
 
     async def render(self, program: Program, *, seed: int | None = None) -> RenderResult:
-        images = load_references(program, max_refs=self.max_refs)
-        if not images:
+        if not program.references:
             raise GeneratorError("qwen-image-edit-service needs at least one reference image (Qwen-Image-Edit is "
                                  "an editing model); this program has none")
         seed = self.seed if seed is None else int(seed)
-        body = {"prompt": program.gen_prompt, "images": [image_data_b64(bounded(im), "PNG") for im in images],
-                "seed": seed, **{k: v for k, v in self.options.items() if v is not None}}
-        start = next(self._next)
-        order = [self.urls[(start + i) % len(self.urls)] for i in range(len(self.urls))]
+        encoded = await asyncio.to_thread(self._encoded_references, program)     # file reads and PNG encoding
+        body = {"prompt": program.gen_prompt, "images": encoded, "seed": seed,
+                **{k: v for k, v in self.options.items() if v is not None}}
         failures = []
-        for url in order:
+        for index in self._server_order():
+            url = self.urls[index]
+            self._in_flight[index] += 1
             try:
                 result = await self._post(url, body)
             except _ServerDown as exc:          # try the next server
                 failures.append(str(exc))
                 continue
-            dropped = len(program.references) - len(images)
+            finally:
+                self._in_flight[index] -= 1
+            dropped = len(program.references) - len(encoded)
             if dropped > 0:
                 result.metadata["references_dropped"] = dropped
+            if failures:
+                result.metadata["failed_over"] = failures
             return result
         raise GeneratorError("qwen-image-edit-service: every server failed: " + " | ".join(failures))
+
+    def _encoded_references(self, program: Program) -> list[str]:
+        return [image_data_b64(bounded(im), "PNG") for im in load_references(program, max_refs=self.max_refs)]
+
+    def _server_order(self) -> list[int]:
+        """Every server once: the least busy first, ties taken in turn (plain round-robin when equal)."""
+        n = len(self.urls)
+        start = next(self._turn) % n
+        rotation = [(start + i) % n for i in range(n)]
+        return sorted(rotation, key=lambda i: self._in_flight[i])     # stable: keeps the rotation on ties
 
     async def _post(self, url: str, body: dict[str, Any]) -> RenderResult:
         request_id = uuid.uuid4().hex[:12]

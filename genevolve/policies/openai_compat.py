@@ -13,6 +13,10 @@ from ..httpretry import HTTPRetryError, LoopLocalClient, request_with_retries
 from .base import Policy, PolicyError, PolicyReply, Sampling
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024     # a chat reply larger than this is a broken server
+# httpx's connection pool does work proportional to its open connections on every request, which
+# makes one pool CPU-bound at a few dozen concurrent chats. Requests are spread over several small
+# pools instead, each holding at most this many connections.
+CONNECTIONS_PER_POOL = 8
 
 
 class OpenAICompatPolicy(Policy):
@@ -31,9 +35,12 @@ class OpenAICompatPolicy(Policy):
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.retries, self.backoff_s = retries, backoff_s
         self.extra_body = extra_body or {}
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         timeout = httpx.Timeout(timeout_s, connect=10.0)
-        self._clients = LoopLocalClient(lambda: httpx.AsyncClient(timeout=timeout, limits=limits))
+        n_pools = max(1, -(-max_connections // CONNECTIONS_PER_POOL))
+        per_pool = httpx.Limits(max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL)
+        self._pools = [LoopLocalClient(lambda: httpx.AsyncClient(timeout=timeout, limits=per_pool))
+                       for _ in range(n_pools)]
+        self._in_flight = [0] * n_pools
 
     async def chat(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply:
         body: dict[str, Any] = {"model": self.model, "messages": messages,
@@ -47,11 +54,15 @@ class OpenAICompatPolicy(Policy):
             body["logprobs"] = True
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         url = f"{self.base_url}/chat/completions"
+        pool = min(range(len(self._pools)), key=self._in_flight.__getitem__)   # the least busy pool
+        self._in_flight[pool] += 1
         try:
-            resp = await request_with_retries(self._clients.get(), "POST", url, json=body, headers=headers,
+            resp = await request_with_retries(self._pools[pool].get(), "POST", url, json=body, headers=headers,
                                               retries=self.retries, backoff=self.backoff_s)
         except HTTPRetryError as exc:
             raise PolicyError(f"policy server {self.base_url} failed: {exc}") from None
+        finally:
+            self._in_flight[pool] -= 1
         return self._read_reply(resp)
 
     def _read_reply(self, resp: httpx.Response) -> PolicyReply:
@@ -86,7 +97,8 @@ class OpenAICompatPolicy(Policy):
                            finish_reason=choice.get("finish_reason"), logprobs=logprobs)
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        for pool in self._pools:
+            await pool.aclose()
 
 
 def _error_text(resp: httpx.Response) -> str:

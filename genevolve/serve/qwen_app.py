@@ -171,6 +171,12 @@ def error(status: int, message: str, headers: dict[str, str] | None = None, **ex
     return JSONResponse(status_code=status, content={"error": {"message": message, **extra}}, headers=headers)
 
 
+def busy(queue: RenderQueue, **extra: Any) -> JSONResponse:
+    wait = queue.retry_after()
+    return error(503, f"the render queue is full ({queue.capacity} requests); retry in about {wait}s",
+                 headers={"Retry-After": str(wait)}, **extra)
+
+
 def create_app(generator, limits: ServiceLimits | None = None, *, load_on_startup: bool = True) -> FastAPI:
     """The service around `generator` (a `QwenImageEditGenerator`: anything with `render_images`,
     `load`, `loaded`, `model`, `loaded_on`). `load_on_startup=False` loads on the first request."""
@@ -198,7 +204,11 @@ def create_app(generator, limits: ServiceLimits | None = None, *, load_on_startu
     app.state.queue = queue
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next):
+    async def guard(request: Request, call_next):
+        # Both checks run before the body is read and its images decoded, so a crowd of large
+        # requests costs neither memory nor time once the queue is full.
+        if request.url.path == "/generate" and queue.admitted >= queue.capacity:
+            return busy(queue)
         length = request.headers.get("content-length")
         if length is not None:
             try:
@@ -239,9 +249,7 @@ def create_app(generator, limits: ServiceLimits | None = None, *, load_on_startu
         if state["status"] == "error":
             return error(503, f"the model failed to load: {state['load_error']}", request_id=request_id)
         if not queue.try_admit():
-            wait = queue.retry_after()
-            return error(503, f"the render queue is full ({queue.capacity} requests); retry in about {wait}s",
-                         headers={"Retry-After": str(wait)}, request_id=request_id)
+            return busy(queue, request_id=request_id)
 
         def job() -> RenderResult:
             if state["status"] == "error":       # the load queued ahead of this request failed
@@ -266,7 +274,8 @@ def create_app(generator, limits: ServiceLimits | None = None, *, load_on_startu
         timings["queue_s"] = round(waited, 3)
         log.info("request %s: %dx%d, %s steps, %.2fs render, %.2fs queued", request_id, result.image.width,
                  result.image.height, meta.get("steps"), timings.get("render_s", 0.0), waited)
-        return {"image": image_data_b64(result.image, "PNG"), **meta, "num_inference_steps": meta.get("steps"),
+        encoded = await asyncio.to_thread(image_data_b64, result.image, "PNG")
+        return {"image": encoded, **meta, "num_inference_steps": meta.get("steps"),
                 "timings": timings, "request_id": request_id}
 
     return app

@@ -1,4 +1,4 @@
-"""Building the image library: the bundled images, and indexing of user folders.
+"""Building the bundled part of the image library (user folders: image_library_user.py).
 
 Bundled images (about 3,900, built once into `images/builtin-<key>/`):
 
@@ -7,14 +7,13 @@ Bundled images (about 3,900, built once into `images/builtin-<key>/`):
   glyph back to its code-point sequence through the cmap and the GSUB ligature table. That is
   the exact bitmap Pillow draws at size 109 with `embedded_color=True`, but needs no text shaper
   (libraqm), which flag and ZWJ sequences would otherwise need. Each glyph is flattened onto
-  white (generators often drop alpha as black) and upscaled with Lanczos to 256x256 RGB PNG.
+  white (generators often drop alpha, which turns transparent pixels black), upscaled with
+  Lanczos to 256x256 and stored as a 256-colour PNG (about 6 KB each).
 - Names: CLDR short names and aliases from the `emoji` package when installed, else Unicode
   character names. Flags: pycountry names (official, common) plus countryinfo (alternative
   spellings, demonym, capital, region); subdivision flags (England, Scotland, Wales, US states,
   Canadian provinces, ...) through pycountry subdivisions.
 - Real photos shipped inside scikit-image and matplotlib, with hand-written captions.
-
-User folders are indexed by image_library_user.py.
 """
 
 from __future__ import annotations
@@ -35,17 +34,17 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..jsonio import atomic_write_json
-from .image_library import LibraryImage, library_lock, write_manifest
-from .offline_search import tokenize
+from .image_library import LibraryImage, library_lock, tokenize, write_manifest
 
-BUILTIN_FORMAT = 1                 # bump when names, captions or image processing change
+BUILTIN_FORMAT = 1                 # the layout of a build folder and its manifest
 EMOJI_PIXELS = 256
+BUILD_WORKERS = 4
 SOURCE_PACKAGES = ("emoji", "pycountry", "countryinfo", "scikit-image", "matplotlib", "fonttools")
 FONT_CANDIDATES = ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
                    "/usr/share/fonts/noto/NotoColorEmoji.ttf",
                    "/usr/share/fonts/google-noto-emoji/NotoColorEmoji.ttf")
 ZWJ, VS16, TAG_END, BLACK_FLAG = "\u200d", "\ufe0f", "\U000e007f", "\U0001f3f4"
-NOTO_LICENSE = "Noto Color Emoji, SIL Open Font License 1.1"
+NOTO_LICENSE = "Noto Color Emoji (font: SIL OFL 1.1; artwork: Apache-2.0)"
 
 Log = Callable[[str], None]
 
@@ -57,7 +56,8 @@ def find_emoji_font() -> Path | None:
     for candidate in FONT_CANDIDATES:
         if os.path.isfile(candidate):
             return Path(candidate)
-    hits = sorted(Path("/usr/share/fonts").rglob("NotoColorEmoji.ttf")) if Path("/usr/share/fonts").is_dir() else []
+    fonts = Path("/usr/share/fonts")
+    hits = sorted(fonts.rglob("NotoColorEmoji.ttf")) if fonts.is_dir() else []
     return hits[0] if hits else None
 
 
@@ -72,7 +72,10 @@ def build_inputs() -> dict[str, Any]:
     """Everything the bundled library depends on; its hash names the build folder."""
     font = find_emoji_font()
     st = font.stat() if font and font.exists() else None
-    inputs = {"format": BUILTIN_FORMAT, "emoji_pixels": EMOJI_PIXELS,
+    # The hash of this file stands in for the format number in between releases: any change to
+    # names, captions or image processing leads to a fresh build instead of a stale library.
+    code = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+    inputs = {"format": BUILTIN_FORMAT, "code": code, "emoji_pixels": EMOJI_PIXELS,
               "font": [str(font), st.st_size, st.st_mtime_ns] if st else None,
               "packages": {d: _version(d) for d in SOURCE_PACKAGES}}
     inputs["key"] = hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
@@ -119,16 +122,18 @@ def build_builtin(dest: Path, inputs: dict[str, Any], log: Log) -> None:
     else:
         glyphs = emoji_glyphs(font)
         log(f"rendering {len(glyphs)} emoji glyphs from {font}")
+        jobs: list[tuple[bytes, str]] = []
         for sequences, png in glyphs:
             named = [(seq, d) for seq, d in ((seq, namer.describe(seq)) for seq in sequences) if d]
             if not named:
                 continue
             rel = f"files/emoji/{_emoji_id(named[0][0])}.png"
-            _emoji_image(png).save(dest / rel)
+            jobs.append((png, str(dest / rel)))
             for sequence, (title, labels, caption) in named:
                 entries.append(LibraryImage(id=_emoji_id(sequence), title=title, path=rel, source="noto-emoji",
                                             width=EMOJI_PIXELS, height=EMOJI_PIXELS, labels=labels,
                                             caption=caption, license=NOTO_LICENSE))
+        _render_all(jobs)
     for photo, src in bundled_photos(log):
         entries.append(install_photo(photo, src, dest))
     write_manifest(dest / "manifest.jsonl", entries)
@@ -179,6 +184,26 @@ def emoji_glyphs(font_path: Path) -> list[tuple[list[str], bytes]]:
         listed = sorted({known[s.replace(VS16, "")][0] for s in sequences if s.replace(VS16, "") in known})
         out.append((listed or sequences[:1], data.imageData))
     return sorted(out)
+
+
+def _render_all(jobs: list[tuple[bytes, str]]) -> None:
+    """Write every emoji PNG, on up to BUILD_WORKERS processes (spawned: safe from any thread)."""
+    workers = min(BUILD_WORKERS, os.cpu_count() or 1, max(1, len(jobs) // 200))
+    if workers <= 1:
+        for job in jobs:
+            _render_one(job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for _ in pool.map(_render_one, jobs, chunksize=100):
+            pass
+
+
+def _render_one(job: tuple[bytes, str]) -> None:
+    png, path = job
+    _emoji_image(png).save(path)
 
 
 def _emoji_id(sequence: str) -> str:
@@ -278,7 +303,7 @@ class EmojiNamer:
         for demonym in demonyms:
             self.demonyms[demonym] = name
         labels = _unique(["flag", f"{kind} flag", name, *(p for p in [sub.name if sub else None] if p),
-                          *aliases, *demonyms, country, code])
+                          *aliases, *demonyms, country])
         caption = f"The flag of {name} ({kind}, {_the(country)}). Emoji art from Noto Color Emoji ({points})."
         return f"Flag of {name} (emoji)", labels, caption
 
@@ -377,82 +402,83 @@ class BundledPhoto:
 
 CC0, PD = "CC0", "public domain"
 # Captions are ours, written from looking at each picture; licences as the packages state them.
-PHOTOS = [
-    BundledPhoto("scikit-image", "astronaut.png", "astronaut", "Astronaut Eileen Collins (photo)",
-                 ["astronaut", "Eileen Collins", "NASA", "spacesuit", "portrait", "woman", "space shuttle"],
-                 "Studio portrait of NASA astronaut Eileen Collins, smiling, in an orange launch suit with "
-                 "a black helmet beside her; the US flag and a space shuttle model behind.", PD),
-    BundledPhoto("scikit-image", "chelsea.png", "chelsea", "Chelsea, a tabby cat (photo)",
-                 ["cat", "tabby cat", "kitten", "pet", "animal", "feline"],
-                 "Close-up of a ginger tabby cat with green eyes looking slightly to the side.", CC0),
-    BundledPhoto("scikit-image", "coffee.png", "coffee", "Cup of coffee (photo)",
-                 ["coffee", "espresso", "cup", "saucer", "spoon", "cafe", "drink"],
-                 "A red cup of milky espresso on a red saucer with a spoon, on a wooden cafe table.", CC0),
-    BundledPhoto("scikit-image", "rocket.jpg", "rocket", "Falcon 9 rocket on the launch pad (photo)",
-                 ["rocket", "Falcon 9", "SpaceX", "launch pad", "night", "spaceflight"],
-                 "A SpaceX Falcon 9 rocket standing on its launch pad at dusk, lit by floodlights, "
-                 "with lightning towers on both sides.", PD),
-    BundledPhoto("scikit-image", "camera.png", "camera", "Photographer with a camera on a tripod (photo)",
-                 ["cameraman", "photographer", "camera", "tripod", "man", "black and white"],
-                 "Black-and-white photo of a man in a dark coat looking through a camera on a tripod, "
-                 "on a lawn with buildings behind.", CC0),
-    BundledPhoto("scikit-image", "coins.png", "coins", "Ancient Greek coins (photo)",
-                 ["coins", "coin", "Greek coins", "Pompeii", "money", "ancient", "black and white"],
-                 "Twenty-four ancient Greek coins from Pompeii laid out in rows on a grey background.", PD),
-    BundledPhoto("scikit-image", "moon.png", "moon", "Surface of the Moon (photo)",
-                 ["moon", "lunar surface", "craters", "black and white"],
-                 "Low-contrast grey image of the lunar surface with a few craters.", PD),
-    BundledPhoto("scikit-image", "horse.png", "horse", "Horse silhouette (drawing)",
-                 ["horse", "silhouette", "animal", "black and white"],
-                 "A black silhouette of a standing horse in profile on white.", CC0),
-    BundledPhoto("scikit-image", "hubble_deep_field.jpg", "hubble-deep-field", "Hubble eXtreme Deep Field (photo)",
-                 ["galaxies", "Hubble", "deep field", "space", "stars", "universe", "astronomy"],
-                 "Hundreds of faint, colourful galaxies on black: the Hubble telescope's deepest view.", PD),
-    BundledPhoto("scikit-image", "motorcycle_left.png", "motorcycle", "Red motorcycle in a garage (photo)",
-                 ["motorcycle", "motorbike", "bike", "garage", "red"],
-                 "A red and chrome motorcycle parked in a workshop with shelves and boxes behind.",
-                 "Middlebury stereo data set (research use)"),
-    BundledPhoto("scikit-image", "brick.png", "brick", "Brick wall texture (photo)",
-                 ["brick", "brick wall", "wall", "texture", "black and white"],
-                 "Grey close-up of a brick wall seen at an angle.", CC0),
-    BundledPhoto("scikit-image", "grass.png", "grass", "Grass texture (photo)",
-                 ["grass", "lawn", "texture", "black and white"], "Grey close-up of short grass blades.", CC0),
-    BundledPhoto("scikit-image", "gravel.png", "gravel", "Gravel texture (photo)",
-                 ["gravel", "stones", "pebbles", "texture", "black and white"],
-                 "Grey close-up of small gravel stones.", CC0),
-    BundledPhoto("scikit-image", "retina.jpg", "retina", "Human retina (fundus photo)",
-                 ["retina", "eye", "fundus", "blood vessels", "medical"],
-                 "An orange-red photograph of the back of a human eye with the optic disc and blood vessels.",
-                 CC0),
-    BundledPhoto("scikit-image", "ihc.png", "immunohistochemistry", "Colon tissue under a microscope (photo)",
-                 ["microscopy", "tissue", "immunohistochemistry", "histology", "cells", "medical"],
-                 "Stained colonic glands: brown cell membranes on a pale blue background.", PD),
-    BundledPhoto("scikit-image", "cell.png", "cell", "A cell floating in saline (microscope image)",
-                 ["cell", "microscopy", "biology", "black and white"],
-                 "Quantitative phase image of a single round cell, bright on a grey background.", PD),
-    BundledPhoto("scikit-image", "clock_motion.png", "clock", "Motion-blurred wall clock (photo)",
-                 ["clock", "wall clock", "motion blur", "black and white"],
-                 "A wall clock smeared sideways by camera motion.", PD),
-    BundledPhoto("scikit-image", "page.png", "page", "Scanned page of printed text (photo)",
-                 ["page", "text", "document", "scan", "black and white"],
-                 "A scanned book page with a heading and a paragraph of text, unevenly lit.", PD),
-    BundledPhoto("scikit-image", "text.png", "text", "Handwritten text on paper (photo)",
-                 ["text", "handwriting", "paper", "black and white"],
-                 "Lines of handwritten characters on paper, photographed at a slant.", PD),
-    BundledPhoto("scikit-image", "color.png", "colorwheel", "Colour wheel (graphic)",
-                 ["color wheel", "colour wheel", "rainbow", "hue", "spectrum"],
-                 "A disc of all hues around the rim fading to white in the centre, on black.", PD),
-    BundledPhoto("scikit-image", "logo.png", "skimage-logo", "scikit-image logo (graphic)",
-                 ["logo", "scikit-image", "snake"], "Green and orange yin-yang style disc with a snake.",
-                 "scikit-image project logo"),
-    BundledPhoto("matplotlib", "grace_hopper.jpg", "grace-hopper", "Rear Admiral Grace Hopper (photo)",
-                 ["Grace Hopper", "portrait", "woman", "navy", "officer", "uniform", "computer scientist"],
-                 "Official portrait of Grace Hopper in US Navy dress uniform and cap, with flags behind.", PD),
-    BundledPhoto("matplotlib", "Minduka_Present_Blue_Pack.png", "present", "Blue gift box (drawing)",
-                 ["gift", "present", "box", "ribbon", "blue"],
-                 "A blue wrapped present with a silver bow, drawn as clip art.",
-                 "matplotlib sample data (clip art by Minduka)"),
-]
+# (package, file in its sample-data folder, id slug, title, labels, caption, licence)
+PHOTOS = [BundledPhoto(*row) for row in [
+    ("scikit-image", "astronaut.png", "astronaut", "Astronaut Eileen Collins (photo)",
+     ["astronaut", "Eileen Collins", "NASA", "spacesuit", "portrait", "woman", "space shuttle"],
+     "Studio portrait of NASA astronaut Eileen Collins, smiling, in an orange launch suit with a "
+     "black helmet beside her; the US flag and a space shuttle model behind.", PD),
+    ("scikit-image", "chelsea.png", "chelsea", "Chelsea, a tabby cat (photo)",
+     ["cat", "tabby cat", "kitten", "pet", "animal", "feline"],
+     "Close-up of a ginger tabby cat with green eyes looking slightly to the side.", CC0),
+    ("scikit-image", "coffee.png", "coffee", "Cup of coffee (photo)",
+     ["coffee", "espresso", "cup", "saucer", "spoon", "cafe", "drink"],
+     "A red cup of milky espresso on a red saucer with a spoon, on a wooden cafe table.", CC0),
+    ("scikit-image", "rocket.jpg", "rocket", "Falcon 9 rocket on the launch pad (photo)",
+     ["rocket", "Falcon 9", "SpaceX", "launch pad", "night", "spaceflight"],
+     "A SpaceX Falcon 9 rocket standing on its launch pad at dusk, lit by floodlights, with lightning"
+     " towers on both sides.", PD),
+    ("scikit-image", "camera.png", "camera", "Photographer with a camera on a tripod (photo)",
+     ["cameraman", "photographer", "camera", "tripod", "man", "black and white"],
+     "Black-and-white photo of a man in a dark coat looking through a camera on a tripod, on a lawn "
+     "with buildings behind.", CC0),
+    ("scikit-image", "coins.png", "coins", "Ancient Greek coins (photo)",
+     ["coins", "coin", "Greek coins", "Pompeii", "money", "ancient", "black and white"],
+     "Twenty-four ancient Greek coins from Pompeii laid out in rows on a grey background.", PD),
+    ("scikit-image", "moon.png", "moon", "Surface of the Moon (photo)",
+     ["moon", "lunar surface", "craters", "black and white"],
+     "Low-contrast grey image of the lunar surface with a few craters.", PD),
+    ("scikit-image", "horse.png", "horse", "Horse silhouette (drawing)",
+     ["horse", "silhouette", "animal", "black and white"],
+     "A black silhouette of a standing horse in profile on white.", CC0),
+    ("scikit-image", "hubble_deep_field.jpg", "hubble-deep-field", "Hubble eXtreme Deep Field (photo)",
+     ["galaxies", "Hubble", "deep field", "space", "stars", "universe", "astronomy"],
+     "Hundreds of faint, colourful galaxies on black: the Hubble telescope's deepest view.", PD),
+    ("scikit-image", "motorcycle_left.png", "motorcycle", "Red motorcycle in a garage (photo)",
+     ["motorcycle", "motorbike", "bike", "garage", "red"],
+     "A red and chrome motorcycle parked in a workshop with shelves and boxes behind.",
+     "Middlebury stereo data set (research use)"),
+    ("scikit-image", "brick.png", "brick", "Brick wall texture (photo)",
+     ["brick", "brick wall", "wall", "texture", "black and white"],
+     "Grey close-up of a brick wall seen at an angle.", CC0),
+    ("scikit-image", "grass.png", "grass", "Grass texture (photo)",
+     ["grass", "lawn", "texture", "black and white"],
+     "Grey close-up of short grass blades.", CC0),
+    ("scikit-image", "gravel.png", "gravel", "Gravel texture (photo)",
+     ["gravel", "stones", "pebbles", "texture", "black and white"],
+     "Grey close-up of small gravel stones.", CC0),
+    ("scikit-image", "retina.jpg", "retina", "Human retina (fundus photo)",
+     ["retina", "eye", "fundus", "blood vessels", "medical"],
+     "An orange-red photograph of the back of a human eye with the optic disc and blood vessels.", CC0),
+    ("scikit-image", "ihc.png", "immunohistochemistry", "Colon tissue under a microscope (photo)",
+     ["microscopy", "tissue", "immunohistochemistry", "histology", "cells", "medical"],
+     "Stained colonic glands: brown cell membranes on a pale blue background.", PD),
+    ("scikit-image", "cell.png", "cell", "A cell floating in saline (microscope image)",
+     ["cell", "microscopy", "biology", "black and white"],
+     "Quantitative phase image of a single round cell, bright on a grey background.", PD),
+    ("scikit-image", "clock_motion.png", "clock", "Motion-blurred wall clock (photo)",
+     ["clock", "wall clock", "motion blur", "black and white"],
+     "A wall clock smeared sideways by camera motion.", PD),
+    ("scikit-image", "page.png", "page", "Scanned page of printed text (photo)",
+     ["page", "text", "document", "scan", "black and white"],
+     "A scanned book page with a heading and a paragraph of text, unevenly lit.", PD),
+    ("scikit-image", "text.png", "text", "Handwritten text on paper (photo)",
+     ["text", "handwriting", "paper", "black and white"],
+     "Lines of handwritten characters on paper, photographed at a slant.", PD),
+    ("scikit-image", "color.png", "colorwheel", "Colour wheel (graphic)",
+     ["color wheel", "colour wheel", "rainbow", "hue", "spectrum"],
+     "A disc of all hues around the rim fading to white in the centre, on black.", PD),
+    ("scikit-image", "logo.png", "skimage-logo", "scikit-image logo (graphic)",
+     ["logo", "scikit-image", "snake"],
+     "Green and orange yin-yang style disc with a snake.", "scikit-image project logo"),
+    ("matplotlib", "grace_hopper.jpg", "grace-hopper", "Rear Admiral Grace Hopper (photo)",
+     ["Grace Hopper", "portrait", "woman", "navy", "officer", "uniform", "computer scientist"],
+     "Official portrait of Grace Hopper in US Navy dress uniform and cap, with flags behind.", PD),
+    ("matplotlib", "Minduka_Present_Blue_Pack.png", "present", "Blue gift box (drawing)",
+     ["gift", "present", "box", "ribbon", "blue"],
+     "A blue wrapped present with a silver bow, drawn as clip art.",
+     "matplotlib sample data (clip art by Minduka)"),
+]]
 
 
 def _package_data_dir(package: str) -> Path | None:

@@ -1,0 +1,287 @@
+"""The offline image library: the bundled build, search quality, user folders, the CLI.
+
+The bundled library (about 3,900 images) is built once into the shared default cache and reused
+by every test here; user-folder tests write to temporary library folders that link to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from genevolve.cli import main as cli_main
+from genevolve.tools import ImageSearchTool, ToolContext, make_image_search_backend
+from genevolve.tools.image_library import (ImageLibrary, ImageLibraryBackend, LibraryError, default_library_dir,
+                                           read_manifest, user_manifest_path)
+from genevolve.tools.image_library_build import ensure_builtin
+from genevolve.tools.image_library_user import add_folder
+
+AUSTRALIA = "emoji-1f1e6-1f1fa"
+
+
+@pytest.fixture(scope="session")
+def builtin_dir() -> Path:
+    return ensure_builtin(default_library_dir())
+
+
+@pytest.fixture(scope="session")
+def library(builtin_dir: Path) -> ImageLibrary:
+    lib = ImageLibrary(builtin_dir.parent, include_user=False)
+    lib.index()
+    return lib
+
+
+@pytest.fixture
+def tmp_library(tmp_path: Path, builtin_dir: Path) -> Path:
+    """An empty library folder that shares the bundled build (no 3,900-image rebuild)."""
+    root = tmp_path / "library"
+    root.mkdir()
+    (root / builtin_dir.name).symlink_to(builtin_dir, target_is_directory=True)
+    return root
+
+
+def ids(hits) -> list[str]:
+    return [entry.id for entry, _, _ in hits]
+
+
+# ----------------------------------------------------------------------------- bundled library
+
+def test_bundled_library_is_large_and_well_formed(library: ImageLibrary, builtin_dir: Path) -> None:
+    entries = library.entries()
+    assert len(entries) >= 3000
+    assert len({e.id for e in entries}) == len(entries)
+    sources = {e.source for e in entries}
+    assert {"noto-emoji", "scikit-image", "matplotlib"} <= sources
+    build = json.loads((builtin_dir / "BUILD.json").read_text())
+    assert build["entries"] == len(entries) and build["build_seconds"] > 0
+    flags = [e for e in entries if e.title.startswith("Flag of ")]
+    assert len(flags) >= 250          # every country and territory, plus subdivisions
+    for e in entries:
+        assert e.title and e.labels and e.width > 0 and e.height > 0, e.id
+
+
+def test_every_bundled_file_is_a_valid_image(library: ImageLibrary) -> None:
+    entries = library.entries()
+    checked = [e for e in entries if e.is_photo] + entries[::25]
+    for e in checked:
+        path = library.path_of(e)
+        with Image.open(path) as im:
+            assert im.format in ("PNG", "JPEG"), path
+            assert im.size == (e.width, e.height), path
+            im.load()
+    emoji = Image.open(library.path_of(next(e for e in entries if e.id == AUSTRALIA))).convert("RGB")
+    assert emoji.getpixel((0, 0)) == (255, 255, 255)            # flattened on pure white
+    assert len(emoji.getcolors(maxcolors=1 << 16)) > 20                        # real artwork, not a blank tile
+
+
+@pytest.mark.parametrize("query", ["flag of Australia", "Australian flag", "Australia flag",
+                                   "australian flags", "flag of the country whose capital is Canberra"])
+def test_australian_flag_comes_first(library: ImageLibrary, query: str) -> None:
+    assert ids(library.search(query, 5))[0] == AUSTRALIA
+
+
+@pytest.mark.parametrize("query,expected", [
+    ("flag of the United States", "emoji-1f1fa-1f1f8"), ("American flag", "emoji-1f1fa-1f1f8"),
+    ("US flag", "emoji-1f1fa-1f1f8"), ("Norwegian flag", "emoji-1f1f3-1f1f4"),
+    ("flag of France", "emoji-1f1eb-1f1f7"), ("flag of South Korea", "emoji-1f1f0-1f1f7"),
+    ("Ivory Coast flag", "emoji-1f1e8-1f1ee"),
+    ("Scottish flag", "emoji-1f3f4-e0067-e0062-e0073-e0063-e0074-e007f"),
+    ("flag of Hawaii", "emoji-1f3f4-e0075-e0073-e0068-e0069-e007f"),
+    ("pizza", "emoji-1f355"), ("cup of coffee", "photo-coffee"), ("rocket launch", "photo-rocket"),
+])
+def test_named_subjects_come_first(library: ImageLibrary, query: str, expected: str) -> None:
+    assert ids(library.search(query, 5))[0] == expected
+
+
+def test_cat_finds_the_emoji_and_the_photo(library: ImageLibrary) -> None:
+    found = ids(library.search("cat", 10))
+    assert set(found[:2]) == {"emoji-1f408", "photo-chelsea"}     # the cat emoji and the cat photo
+    assert "emoji-1f431" in found                                  # cat face
+    assert ids(library.search("cats", 10)) == found    # plurals fold
+
+
+def test_search_edge_cases(library: ImageLibrary) -> None:
+    assert library.search("qwzxv", 5) == []
+    assert library.search("   ", 5) == []
+    assert library.search("the of and", 5) == []
+    assert len(library.search("flag", 3)) == 3
+    assert ids(library.search("  FLAG   OF   australia!!  ", 1)) == [AUSTRALIA]
+    assert ids(library.search("x" * 10_000 + " flag of Australia", 1)) == []   # cut, not crashed
+
+
+def test_backend_and_tool_give_file_hits(builtin_dir: Path) -> None:
+    backend = make_image_search_backend("offline", library_dir=str(builtin_dir.parent), include_user="false")
+    assert isinstance(backend, ImageLibraryBackend)
+    hits = asyncio.run(backend.search_images("Australian flag", 3))
+    assert hits[0].key == AUSTRALIA and hits[0].source == "noto-emoji"
+    assert Path(hits[0].local_path).is_file()
+    assert hits[0].url == Path(hits[0].local_path).resolve().as_uri()
+    ctx = ToolContext()
+    result = asyncio.run(ImageSearchTool(backend).call({"query": "flag of Australia", "top_k": 2}, ctx))
+    assert result.error is None
+    assert "[IMG_001] Flag of Australia (emoji)" in result.text
+    assert ctx.images.references["IMG_001"].local_path == hits[0].local_path
+
+
+# ----------------------------------------------------------------------------- user folders
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _declared_png(width: int, height: int) -> bytes:
+    """A few hundred bytes on disk that claim width x height pixels."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path, library: ImageLibrary) -> Path:
+    folder = tmp_path / "holiday"
+    (folder / "beach day").mkdir(parents=True)
+    chelsea = Image.open(library.path_of(next(e for e in library.entries() if e.id == "photo-chelsea")))
+    exif = Image.Exif()
+    exif[0x010E] = "A red kite flying over the dunes"
+    exif[0x9C9E] = "kite;windy".encode("utf-16-le")
+    exif.get_ifd(0x8769)[0x9286] = b"ASCII\x00\x00\x00taken on a stormy afternoon"
+    chelsea.convert("RGB").save(folder / "beach day" / "DSC01234.jpg", exif=exif)
+    Image.new("RGB", (64, 48), (250, 120, 30)).save(folder / "sunset.png")
+    (folder / "sunset.txt").write_text("Golden sunset over the harbour bridge\n")
+    Image.new("RGB", (32, 32), (0, 90, 200)).save(folder / "IMG_0001.jpg")
+    (folder / "IMG_0001.json").write_text(json.dumps({"title": "Lighthouse at dusk",
+                                                      "keywords": ["lighthouse", "coast"]}))
+    Image.new("RGB", (30, 30), "green").save(folder / "meadow.png")
+    (folder / "meadow.json").write_text('{"caption": "green meadow",\n "keywords": [1, }')
+    jpeg = (folder / "beach day" / "DSC01234.jpg").read_bytes()
+    (folder / "corrupt.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (folder / "notes.jpg").write_text("shopping list: milk, eggs\n")
+    (folder / "bomb.png").write_bytes(_declared_png(100_000, 100_000))
+    (folder / "big.png").write_bytes(_declared_png(9_000, 9_000))
+    (folder / "gone.jpg").symlink_to(folder / "missing-target.jpg")
+    (folder / "README.md").write_text("my holiday pictures")
+    return folder
+
+
+def test_add_folder_indexes_good_images_and_reports_bad_ones(tmp_library: Path, photo_folder: Path) -> None:
+    lines: list[str] = []
+    report = add_folder(tmp_library, photo_folder, log=lines.append)
+    assert (report.added, report.updated, report.unchanged) == (4, 0, 0)
+    reasons = {Path(f).name: why for f, why in report.skipped}
+    assert set(reasons) == {"corrupt.jpg", "notes.jpg", "bomb.png", "big.png", "gone.jpg"}
+    assert "damaged or truncated" in reasons["corrupt.jpg"]
+    assert "not an image" in reasons["notes.jpg"]
+    assert "decompression bomb" in reasons["bomb.png"] and "too large" in reasons["bomb.png"]
+    assert reasons["big.png"].startswith("too large: 9000x9000")
+    assert "cannot read" in reasons["gone.jpg"]
+    assert report.ignored == 1                                  # README.md; sidecars are not counted
+    assert any("meadow.json: line 2" in w for w in report.warnings)
+    assert sum(str(photo_folder / "bomb.png") in line for line in lines) == 1
+
+    entries = {Path(e.path).name: e for e in read_manifest(user_manifest_path(tmp_library))}
+    assert set(entries) == {"DSC01234.jpg", "sunset.png", "IMG_0001.jpg", "meadow.png"}
+    kite = entries["DSC01234.jpg"]
+    assert "red kite" in kite.caption and "stormy afternoon" in kite.caption
+    assert {"kite", "windy", "beach day", "holiday"} <= set(kite.labels)
+    assert kite.title.startswith("A red kite")                 # camera file names say nothing
+    assert (kite.width, kite.height) == (451, 300)
+    assert entries["IMG_0001.jpg"].title == "Lighthouse at dusk"
+    assert entries["sunset.png"].caption == "Golden sunset over the harbour bridge"
+    assert entries["meadow.png"].title == "meadow"
+
+    lib = ImageLibrary(tmp_library)
+    assert ids(lib.search("red kite over the dunes", 1)) == [kite.id]
+    assert ids(lib.search("kite", 1)) == ["emoji-1fa81"]             # the kite emoji's title is exact
+    assert ids(lib.search("harbour bridge sunset", 1)) == [entries["sunset.png"].id]
+    assert ids(lib.search("lighthouse", 1)) == [entries["IMG_0001.jpg"].id]
+    assert ids(lib.search("flag of Australia", 1)) == [AUSTRALIA]   # bundled and user images together
+
+
+def test_re_adding_is_idempotent_and_tracks_changes(tmp_library: Path, photo_folder: Path) -> None:
+    add_folder(tmp_library, photo_folder)
+    manifest = user_manifest_path(tmp_library)
+    first = manifest.read_bytes()
+    again = add_folder(tmp_library, photo_folder)
+    assert (again.added, again.updated, again.unchanged, again.removed) == (0, 0, 4, 0)
+    assert manifest.read_bytes() == first
+    # Same folder under another name: renamed in place, never duplicated.
+    renamed = add_folder(tmp_library, str(photo_folder) + "/", name="trip")
+    assert renamed.unchanged == 4 and len(read_manifest(manifest)) == 4
+    assert {e.collection for e in read_manifest(manifest)} == {"trip"}
+    (photo_folder / "sunset.txt").write_text("Purple sky above the old harbour\n")
+    stamp = (photo_folder / "sunset.txt").stat().st_mtime_ns + 10**9
+    os.utime(photo_folder / "sunset.txt", ns=(stamp, stamp))
+    (photo_folder / "meadow.png").unlink()
+    changed = add_folder(tmp_library, photo_folder, name="trip")
+    assert (changed.updated, changed.removed, changed.unchanged) == (1, 1, 2)
+    lib = ImageLibrary(tmp_library, include_builtin=False)
+    assert lib.search("purple sky", 1)[0][0].title == "sunset"
+
+
+def test_add_folder_with_ocr_reads_text(tmp_library: Path, tmp_path: Path) -> None:
+    pytest.importorskip("rapidocr_onnxruntime")
+    folder = tmp_path / "signs"
+    folder.mkdir()
+    im = Image.new("RGB", (640, 200), "white")
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", 64)
+    ImageDraw.Draw(im).text((30, 60), "BAKERY OPEN", fill="black", font=font)
+    im.save(folder / "shopfront.png")
+    report = add_folder(tmp_library, folder, ocr=True)
+    assert report.added == 1
+    entry = read_manifest(user_manifest_path(tmp_library))[0]
+    assert entry.ocr and "BAKERY" in entry.caption.upper()
+    assert ids(ImageLibrary(tmp_library, include_builtin=False).search("bakery", 1)) == [entry.id]
+
+
+def test_broken_manifest_is_reported_with_file_and_line(tmp_library: Path) -> None:
+    manifest = user_manifest_path(tmp_library)
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"id": "user-1", "title": "a", "path": "/x.png", "source": "user:x", '
+                        '"width": 1, "height": 1}\n{"id": "user-2", "title": \n')
+    with pytest.raises(LibraryError, match=r"manifest\.jsonl:2: not valid JSON"):
+        ImageLibrary(tmp_library).index()
+    manifest.write_text('{"id": "user-1", "title": "a"}\n')
+    with pytest.raises(LibraryError, match=r"manifest\.jsonl:1: field 'path' is missing"):
+        ImageLibrary(tmp_library).index()
+
+
+def test_missing_user_files_are_dropped_from_results(tmp_library: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "pets"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), "brown").save(folder / "hamster.png")
+    add_folder(tmp_library, folder)
+    lib = ImageLibrary(tmp_library, include_builtin=False)
+    assert len(lib.search("hamster", 3)) == 1
+    (folder / "hamster.png").unlink()
+    assert lib.search("hamster", 3) == []
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_add_list_search_remove(tmp_library: Path, photo_folder: Path, capsys) -> None:
+    lib = ["images", "--library", str(tmp_library)]
+    assert cli_main([*lib, "add", str(photo_folder), "--name", "holiday"]) == 0
+    out, err = capsys.readouterr()
+    assert "4 added" in out and "5 skipped" in out
+    skipped_lines = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert len(skipped_lines) == 5 and any("notes.jpg: not an image" in line for line in skipped_lines)
+
+    assert cli_main([*lib, "list"]) == 0
+    out, _ = capsys.readouterr()
+    assert "holiday" in out and "noto-emoji" in out
+
+    assert cli_main([*lib, "search", "red kite", "--json", "--top-k", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["path"].endswith("DSC01234.jpg")
+
+    assert cli_main([*lib, "remove", "holiday"]) == 0
+    assert cli_main([*lib, "remove", "holiday"]) == 1
+    assert cli_main([*lib, "add", str(photo_folder / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err
