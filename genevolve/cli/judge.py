@@ -72,43 +72,11 @@ def make_judge(kind: str, args: argparse.Namespace):
 def load_results(path: Path):
     """(rows, input problems, duplicate rows). A repeated id does not stop the run: the first row
     with that id is judged and each repeat is reported in the summary."""
-    from ..pipeline.batch import InputError, InputProblem, Row, read_rows
+    from ..pipeline.batch import read_rows
 
-    try:
-        rows, problems = read_rows(path)
-        return rows, problems, []
-    except InputError as exc:
-        if "duplicate id" not in str(exc):
-            raise
-    # read_rows refuses duplicates outright; read again keeping the first row of each id.
-    data = json.loads(path.read_text(encoding="utf-8-sig")) if path.suffix.lower() == ".json" else None
-    if isinstance(data, dict):
-        data = data.get("results") or data.get("items")
-    entries = (list(enumerate(data, 1)) if data is not None else
-               [(n, json.loads(line)) for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1)
-                if line.strip() and _is_json(line)])
-    rows, problems, duplicates, seen = [], [], [], {}
-    for line, obj in entries:
-        if not isinstance(obj, dict):
-            problems.append(InputProblem(id=f"line_{line}", line=line,
-                                         message=f"{path}:{line}: expected a JSON object"))
-            continue
-        row_id = str(obj["id"]) if obj.get("id") not in (None, "") else f"item_{line:06d}"
-        if row_id in seen:
-            duplicates.append({"id": row_id, "line": line, "error": f"{path}:{line}: duplicate id '{row_id}' "
-                               f"(first at {seen[row_id]}); only the first row is judged"})
-            continue
-        seen[row_id] = line
-        rows.append(Row(id=row_id, line=line, data=obj))
-    return rows, problems, duplicates
-
-
-def _is_json(line: str) -> bool:
-    try:
-        json.loads(line)
-        return True
-    except json.JSONDecodeError:
-        return False
+    rows, problems = read_rows(path, duplicates="keep_first")
+    duplicates = [{"id": p.duplicate_of, "line": p.line, "error": p.message} for p in problems if p.duplicate_of]
+    return rows, [p for p in problems if not p.duplicate_of], duplicates
 
 
 def generated_image_path(data: dict[str, Any], results_dir: Path) -> Path | None:

@@ -40,14 +40,19 @@ class InputProblem:
     id: str
     line: int
     message: str
+    duplicate_of: str | None = None     # set when the row repeats an earlier row's id
 
 
-def read_rows(path: str | Path) -> tuple[list[Row], list[InputProblem]]:
+def read_rows(path: str | Path, *, duplicates: str = "error") -> tuple[list[Row], list[InputProblem]]:
     """Read a .jsonl file (one object per line) or a .json array of objects.
 
-    Rows without an `id` get `item_<position>`. Rows that are not JSON objects become problems;
-    duplicate ids make the whole file unusable, since results are keyed by id.
+    Rows without an `id` get `item_<position>`. Rows that are not JSON objects become problems.
+    Results are keyed by id, so a repeated id either makes the file unusable (`duplicates="error"`,
+    for inputs a person wrote) or keeps the first row and reports each repeat as a problem whose
+    id is `<id>#<line>` (`duplicates="keep_first"`, for results files that are judged as found).
     """
+    if duplicates not in ("error", "keep_first"):
+        raise ValueError(f"duplicates must be 'error' or 'keep_first', not {duplicates!r}")
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -92,6 +97,12 @@ def read_rows(path: str | Path) -> tuple[list[Row], list[InputProblem]]:
             continue
         row_id = obj.get("id")
         row_id = f"item_{lineno:06d}" if row_id is None or row_id == "" else str(row_id)
+        if row_id in seen and duplicates == "keep_first":
+            problems.append(InputProblem(id=f"{row_id}#{lineno}", line=lineno,
+                                         message=f"{path}:{lineno}: duplicate id '{row_id}' (first at {where} "
+                                                 f"{seen[row_id]}); only the first row is used",
+                                         duplicate_of=row_id))
+            continue
         if row_id in seen:
             raise InputError(f"{path}: duplicate id '{row_id}' at {where} {seen[row_id]} and {where} {lineno}; "
                              "ids must be unique because results are matched by id")
