@@ -125,6 +125,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     library = _library(args)
+    library.index()                   # load (or build) first, so the time below is the query's own
     start = time.perf_counter()
     hits = library.search(args.query, args.top_k)
     ms = (time.perf_counter() - start) * 1000

@@ -187,17 +187,17 @@ def emoji_glyphs(font_path: Path) -> list[tuple[list[str], bytes]]:
 
 
 def _render_all(jobs: list[tuple[bytes, str]]) -> None:
-    """Write every emoji PNG, on up to BUILD_WORKERS processes (spawned: safe from any thread)."""
-    workers = min(BUILD_WORKERS, os.cpu_count() or 1, max(1, len(jobs) // 200))
+    """Write every emoji PNG. Threads, not processes: Pillow releases the GIL while it resizes,
+    quantizes and compresses, and threads need no re-import of the caller's main module."""
+    workers = min(BUILD_WORKERS, os.cpu_count() or 1)
     if workers <= 1:
         for job in jobs:
             _render_one(job)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for _ in pool.map(_render_one, jobs, chunksize=100):
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(_render_one, jobs):
             pass
 
 
