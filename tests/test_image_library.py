@@ -18,12 +18,19 @@ from PIL import Image, ImageDraw, ImageFont
 
 from genevolve.cli import main as cli_main
 from genevolve.tools import ImageSearchTool, ToolContext, make_image_search_backend
-from genevolve.tools.image_library import (ImageLibrary, ImageLibraryBackend, LibraryError, default_library_dir,
-                                           read_manifest, user_manifest_path)
-from genevolve.tools.image_library_build import ensure_builtin
+from genevolve.tools.image_library import (ImageLibrary, ImageLibraryBackend, LibraryError, TextIndex,
+                                           default_library_dir, read_manifest, user_manifest_path)
+from genevolve.tools.image_library_build import ensure_builtin, fetch_flags, flag_entries
+from genevolve.tools.image_library_labels import Namer, flag_code
 from genevolve.tools.image_library_user import add_folder
 
 AUSTRALIA = "emoji-1f1e6-1f1fa"
+
+
+def flag_ids(emoji_id: str) -> set[str]:
+    """An emoji flag's id plus the id of the same flag's flat render (present after fetch-flags)."""
+    code = flag_code("".join(chr(int(h, 16)) for h in emoji_id.split("-")[1:]))
+    return {emoji_id, f"flag-{code.lower()}"} if code else {emoji_id}
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +65,7 @@ def test_bundled_library_is_large_and_well_formed(library: ImageLibrary, builtin
     assert len(entries) >= 3000
     assert len({e.id for e in entries}) == len(entries)
     sources = {e.source for e in entries}
-    assert {"noto-emoji", "scikit-image", "matplotlib"} <= sources
+    assert {"noto-emoji", "scikit-image", "matplotlib"} <= sources      # (+ svg-country-flags if fetched)
     build = json.loads((builtin_dir / "BUILD.json").read_text())
     assert build["entries"] == len(entries) and build["build_seconds"] > 0
     flags = [e for e in entries if e.title.startswith("Flag of ")]
@@ -84,7 +91,9 @@ def test_every_bundled_file_is_a_valid_image(library: ImageLibrary) -> None:
 @pytest.mark.parametrize("query", ["flag of Australia", "Australian flag", "Australia flag",
                                    "australian flags", "flag of the country whose capital is Canberra"])
 def test_australian_flag_comes_first(library: ImageLibrary, query: str) -> None:
-    assert ids(library.search(query, 5))[0] == AUSTRALIA
+    found = ids(library.search(query, 5))
+    assert found[0] in flag_ids(AUSTRALIA)
+    assert AUSTRALIA in found[:2]           # the emoji, right after the flat render when fetched
 
 
 @pytest.mark.parametrize("query,expected", [
@@ -97,7 +106,7 @@ def test_australian_flag_comes_first(library: ImageLibrary, query: str) -> None:
     ("pizza", "emoji-1f355"), ("cup of coffee", "photo-coffee"), ("rocket launch", "photo-rocket"),
 ])
 def test_named_subjects_come_first(library: ImageLibrary, query: str, expected: str) -> None:
-    assert ids(library.search(query, 5))[0] == expected
+    assert ids(library.search(query, 5))[0] in flag_ids(expected)
 
 
 def test_cat_finds_the_emoji_and_the_photo(library: ImageLibrary) -> None:
@@ -120,14 +129,42 @@ def test_backend_and_tool_give_file_hits(builtin_dir: Path) -> None:
     backend = make_image_search_backend("offline", library_dir=str(builtin_dir.parent), include_user="false")
     assert isinstance(backend, ImageLibraryBackend)
     hits = asyncio.run(backend.search_images("Australian flag", 3))
-    assert hits[0].key == AUSTRALIA and hits[0].source == "noto-emoji"
-    assert Path(hits[0].local_path).is_file()
-    assert hits[0].url == Path(hits[0].local_path).resolve().as_uri()
+    emoji = next(h for h in hits if h.key == AUSTRALIA)
+    assert emoji.source == "noto-emoji" and emoji.title == "Flag of Australia (emoji)"
+    assert Path(emoji.local_path).is_file()
+    assert emoji.url == Path(emoji.local_path).resolve().as_uri()
     ctx = ToolContext()
     result = asyncio.run(ImageSearchTool(backend).call({"query": "flag of Australia", "top_k": 2}, ctx))
     assert result.error is None
-    assert "[IMG_001] Flag of Australia (emoji)" in result.text
+    assert "[IMG_001] Flag of Australia (" in result.text and "[IMG_002] Flag of Australia (" in result.text
     assert ctx.images.references["IMG_001"].local_path == hits[0].local_path
+
+
+def test_flat_flag_renders_are_named_like_the_emoji(tmp_path: Path, library: ImageLibrary) -> None:
+    # A folder laid out like the npm package, made of real PNGs (transparent corners included).
+    vendor = tmp_path / "vendor"
+    (vendor / "png1000px").mkdir(parents=True)
+    (vendor / "countries.json").write_text('{"AU": "Australia", "GB-SCT": "Scotland"}')
+    Image.new("RGBA", (1000, 500), (0, 0, 139, 255)).save(vendor / "png1000px" / "au.png")
+    Image.new("RGBA", (1000, 600), (0, 94, 184, 0)).save(vendor / "png1000px" / "gb-sct.png")
+    dest = tmp_path / "build"
+    (dest / "files" / "flags").mkdir(parents=True)
+    entries = {e.id: e for e in flag_entries(vendor, dest, Namer())}
+    assert set(entries) == {"flag-au", "flag-gb-sct"}
+    au = entries["flag-au"]
+    assert au.title == "Flag of Australia (flat, 1000 px)" and (au.width, au.height) == (1000, 500)
+    assert {"Australian", "AUS"} <= set(au.labels) and "capital: Canberra" in au.caption
+    assert entries["flag-gb-sct"].title == "Flag of Scotland (flat, 1000 px)"
+    with Image.open(dest / entries["flag-gb-sct"].path) as im:
+        assert im.mode == "RGB" and im.getpixel((0, 0)) == (255, 255, 255)     # flattened on white
+    index = TextIndex(list(entries.values()))
+    assert index.search("Australian flag", 1)[0][0].id == "flag-au"
+
+
+def test_fetch_flags_without_npm_says_what_is_missing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))          # no npm on this PATH
+    with pytest.raises(RuntimeError, match="needs the npm client"):
+        fetch_flags(tmp_path / "library", log=lambda msg: None)
 
 
 # ----------------------------------------------------------------------------- user folders
@@ -249,6 +286,10 @@ def test_broken_manifest_is_reported_with_file_and_line(tmp_library: Path) -> No
         ImageLibrary(tmp_library).index()
     manifest.write_text('{"id": "user-1", "title": "a"}\n')
     with pytest.raises(LibraryError, match=r"manifest\.jsonl:1: field 'path' is missing"):
+        ImageLibrary(tmp_library).index()
+    manifest.write_text('{"id": "user-1", "title": "a", "path": "/x.png", "source": "user:x", '
+                        '"width": "wide", "height": 1}\n')
+    with pytest.raises(LibraryError, match=r"manifest\.jsonl:1: field 'width' must be an integer"):
         ImageLibrary(tmp_library).index()
 
 

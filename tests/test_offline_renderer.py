@@ -13,7 +13,8 @@ from PIL import Image
 
 from genevolve.generators import GeneratorError, make_generator
 from genevolve.generators import offline
-from genevolve.generators.offline import OfflineRenderer, canvas_size
+from genevolve.generators.imageio import output_size
+from genevolve.generators.offline import OfflineRenderer
 from genevolve.generators.offline_layout import parse_layout
 from genevolve.program import Program, Reference
 
@@ -169,10 +170,10 @@ def test_quoted_text_is_legible_and_placed(renderer, images, ocr, tmp_path):
 
 
 def test_output_size_follows_the_first_reference(images):
-    assert canvas_size((451, 300), 1024) == (1024, 688)
-    assert canvas_size((300, 451), 1024) == (688, 1024)
-    assert canvas_size((4000, 100), 1024) == (1024, 256)     # clamped to 4:1
-    assert canvas_size(None, 1024) == (1024, 1024)
+    assert output_size((451, 300), 1024, max_aspect=4.0) == (1024, 688)
+    assert output_size((300, 451), 1024, max_aspect=4.0) == (688, 1024)
+    assert output_size((4000, 100), 1024, max_aspect=4.0) == (1024, 256)     # clamped to 4:1
+    assert output_size(None, 1024, max_aspect=4.0) == (1024, 1024)
     small = OfflineRenderer(long_side=512)
     cat = small.render_sync(program("The first reference image and the second reference image.",
                                     images["cat"], images["blue"]))

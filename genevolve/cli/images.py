@@ -1,6 +1,7 @@
 """`genevolve images`: build, inspect and extend the local image library behind offline `image_search`.
 
     genevolve images build [--force]          build the bundled library now (else: on first search)
+    genevolve images fetch-flags              add flat 1000 px flags (npm package; needs npm), rebuild
     genevolve images add DIR [--name NAME] [--ocr]   index a folder of your own images (in place)
     genevolve images remove NAME              forget one added collection (files are not touched)
     genevolve images list [--collection NAME] collections, or the entries of one collection
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="build the bundled library (emoji art, flags, sample photos)")
     b.add_argument("--force", action="store_true", help="rebuild even if a current build exists")
     b.set_defaults(func=_build)
+
+    f = sub.add_parser("fetch-flags", help="add flat 1000 px flag renders (npm package svg-country-flags; "
+                       "needs the npm client) and rebuild")
+    f.set_defaults(func=_fetch_flags)
 
     a = sub.add_parser("add", help="index a folder of your own images (referenced in place)")
     a.add_argument("folder", help="folder to index, recursively")
@@ -77,6 +83,19 @@ def _build(args: argparse.Namespace) -> int:
     folder = ensure_builtin(_root(args), log=_err, force=args.force)
     info = json.loads((folder / "BUILD.json").read_text(encoding="utf-8"))
     print(f"{folder}: {info['entries']} images ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _fetch_flags(args: argparse.Namespace) -> int:
+    from ..tools.image_library_build import ensure_builtin, fetch_flags
+    try:
+        folder = fetch_flags(_root(args), log=_err)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        _err(f"error: {exc}")
+        return 1
+    print(f"flags: {folder}")
+    built = ensure_builtin(_root(args), log=_err)
+    print(f"library: {built}")
     return 0
 
 

@@ -139,14 +139,18 @@ def mime_type(fmt: str) -> str:
 
 
 def output_size(first_reference: tuple[int, int] | None, long_side: int = 1024,
-                multiple: int = 16) -> tuple[int, int]:
+                multiple: int = 16, max_aspect: float | None = None) -> tuple[int, int]:
     """(width, height): long side `long_side`, the aspect of the first reference, sides multiples of
-    `multiple` (at least one multiple); square without a reference. As in the paper's Qwen setup."""
+    `multiple` (at least one multiple); square without a reference. As in the paper's Qwen setup.
+    `max_aspect` clamps very long or tall references (e.g. 4.0 keeps the canvas within 1:4..4:1)."""
     long_side = max(multiple, int(long_side) // multiple * multiple)
     if first_reference is None:
         return long_side, long_side
     w, h = first_reference
     if w <= 0 or h <= 0:
         raise ValueError(f"reference size must be positive, got {w}x{h}")
-    short = max(multiple, round(long_side * min(w, h) / max(w, h) / multiple) * multiple)
+    ratio = min(w, h) / max(w, h)
+    if max_aspect:
+        ratio = max(ratio, 1 / max_aspect)
+    short = max(multiple, round(long_side * ratio / multiple) * multiple)
     return (long_side, short) if w >= h else (short, long_side)

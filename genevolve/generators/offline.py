@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..program import Program, Reference
 from .base import Generator, GeneratorError, RenderResult
+from .imageio import output_size
 from .offline_effects import LIGHTING, STYLES, colour_transfer
 from .offline_layout import COLOURS, Box, Layout, Placement, fit_inside, grid_cells, parse_layout, region_box, split_box
 
@@ -79,7 +80,7 @@ class OfflineRenderer(Generator):
             image, oriented_size = self._load_reference(index, ref)
             refs.append(image)
             first_size = first_size or oriented_size
-        width, height = canvas_size(first_size, self.long_side)
+        width, height = output_size(first_size, self.long_side, max_aspect=4.0)
         clock.lap("load_s")
 
         rng = np.random.default_rng(seed)
@@ -144,15 +145,6 @@ class OfflineRenderer(Generator):
         if max(im.size) > 2 * self.long_side:
             im.thumbnail((2 * self.long_side, 2 * self.long_side), Image.Resampling.LANCZOS)
         return np.asarray(im), (w, h)
-
-
-def canvas_size(first_reference: tuple[int, int] | None, long_side: int) -> tuple[int, int]:
-    """Output size: the first reference's aspect (clamped to 1:4..4:1), sides multiples of 16."""
-    if first_reference is None:
-        return long_side, long_side
-    aspect = min(max(first_reference[0] / max(1, first_reference[1]), 0.25), 4.0)
-    short = max(16, round(long_side * min(aspect, 1 / aspect) / 16) * 16)
-    return (long_side, short) if aspect >= 1 else (short, long_side)
 
 
 @lru_cache(maxsize=8)

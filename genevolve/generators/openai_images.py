@@ -108,7 +108,8 @@ def parse_reply(response: httpx.Response, *, max_pixels: int = MAX_IMAGE_PIXELS)
         payload = response.json()
         item = payload["data"][0]
     except (ValueError, KeyError, IndexError, TypeError):
-        raise GeneratorError("openai-images: the reply has no data[0] (expected {'data': [{'b64_json': ...}]})") from None
+        raise GeneratorError("openai-images: the reply has no data[0] "
+                             "(expected {'data': [{'b64_json': ...}]})") from None
     if not isinstance(item, dict):
         raise GeneratorError("openai-images: data[0] is not an object")
     if not item.get("b64_json"):

@@ -226,12 +226,13 @@ def resolve_dtype(name: str, device: str):
 
 
 def dtype_keyword() -> str:
-    """diffusers renamed `torch_dtype` to `dtype` (0.37+); older releases know only the first."""
+    """Recent diffusers renamed `torch_dtype` to `dtype` (warning on the old name); older releases
+    know only `torch_dtype`. The helper that maps the old name onto the new tells them apart."""
     try:
-        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+        helpers = importlib.import_module("diffusers.utils.deprecation_utils")
     except ImportError:
         return "torch_dtype"
-    return "dtype"
+    return "dtype" if hasattr(helpers, "_resolve_dtype") else "torch_dtype"
 
 
 @lru_cache(maxsize=1)

@@ -5,8 +5,9 @@ seed, num_inference_steps, true_cfg_scale, guidance_scale, negative_prompt, heig
 is {image: base64 PNG, ...metadata}, an error is {"error": {"message": ...}}.
 
 Several servers (`urls`, or env QWEN_EDIT_URLS, comma-separated) are used round-robin: each render
-goes to the next server among those with the fewest renders in flight from this client, and when a server still fails after its retries (refused connection, timeout,
-5xx) the render moves on to the others before giving up. `max_concurrency` is the number of servers
+goes to the next server among those with the fewest renders in flight from this client, and when a
+server still fails after its retries (refused connection, timeout, 5xx) the render moves on to the
+others before giving up. `max_concurrency` is the number of servers
 times `slots_per_server`, so a batch keeps every GPU busy without overfilling any queue.
 References are sent as PNG (lossless, at most 2048 px on the long side), so a render through the
 service matches a local render of the same program pixel for pixel.
@@ -133,7 +134,8 @@ class QwenImageEditServiceGenerator(Generator):
             payload = response.json()
             encoded = payload["image"]
         except (ValueError, KeyError, TypeError):
-            raise GeneratorError(f"qwen-image-edit-service {url}: the reply is not JSON with an 'image' field") from None
+            raise GeneratorError(f"qwen-image-edit-service {url}: the reply is not JSON with an 'image' "
+                                 "field") from None
         image = decode_image_b64(encoded, label=f"qwen-image-edit-service {url} reply",
                                  max_pixels=self.max_image_pixels)
         metadata = {k: v for k, v in payload.items() if k != "image"}

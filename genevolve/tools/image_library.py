@@ -9,11 +9,13 @@ The library lives in `cache_dir()/images/` (or `library_dir`, or env GENEVOLVE_I
         synonyms.json         query expansions (demonyms: australian -> australia)
         files/emoji/*.png     Noto Color Emoji glyphs (all country and subdivision flags included)
         files/photos/*        real photos shipped by scikit-image and matplotlib
+        files/flags/*.png     flat 1000 px flags, when `genevolve images fetch-flags` was run
+      vendor/                 the fetched flag package (optional)
       user/manifest.jsonl     folders added with `genevolve images add DIR` (images stay in place)
       .lock                   serialises builds and manifest updates across processes
 
-`<key>` is a hash of the build inputs (format version, font file, package versions), so a new
-font or labeller leads to a fresh build beside the old one, swapped in by one directory rename.
+`<key>` is a hash of the build inputs (format, build code, font file, package versions, fetched
+flags), so any change leads to a fresh build beside the old one, swapped in by one rename.
 
 Search is BM25F over three fields with boosts: title > labels (names, aliases, keywords) >
 caption. Words are lowercased, accent-folded and plural-stemmed with the text search's rules;
@@ -52,13 +54,13 @@ FIELD_B = {"title": 0.5, "labels": 0.5, "caption": 0.75}
 EXPANSION_WEIGHT = 0.7            # a synonym counts a bit less than the word the user typed
 PHOTO_PRIOR = 1.25                # a real photo is a better reference than emoji art
 VARIANT_PRIOR = 0.9               # skin-tone variants rank just under their base emoji
-TITLE_MATCH_BONUS = 1.3
+TITLE_MATCH_BONUS = 1.3          # the title names nothing beyond the query ("Cat" for "cat")
 _KIND_SUFFIX = re.compile(r"\s*\([^)]*\)\s*$")     # "(emoji)", "(photo)" closing a title
 # Function words only: unlike text search, words like "up", "down", "off" and "over" tell
 # pictures apart here ("thumbs up"), so they are kept.
 _STOPWORDS = frozenset("""
 a an the of and or in on at by for to from with without into is are was be been as it its this that these
-those whose which what who whom where when how me my i you your please show find give get some any one
+those whose which what who whom where when how me my i you your please show find give get some any
 image images picture pictures pic pics photograph illustration reference
 """.split())
 _WORD = re.compile(r"[^\W_]+")
@@ -73,7 +75,7 @@ class LibraryError(Exception):
 class LibraryImage:
     """One image of the library, as stored in a manifest line."""
 
-    id: str                         # stable: emoji-1f1e6-1f1fa, photo-skimage-chelsea, user-<hash>
+    id: str                         # stable: emoji-1f1e6-1f1fa, photo-chelsea, user-<path hash>
     title: str
     path: str                       # relative to the manifest's folder, or absolute (user images)
     source: str                     # noto-emoji | scikit-image | matplotlib | user:<collection>
@@ -96,9 +98,12 @@ class LibraryImage:
         if not isinstance(row, dict):
             raise LibraryError(f"{where}: expected a JSON object")
         known = {f.name for f in fields(cls)}
-        for name in ("id", "title", "path", "source", "width", "height"):
+        for name, kind in (("id", str), ("title", str), ("path", str), ("source", str), ("width", int),
+                           ("height", int)):
             if name not in row:
                 raise LibraryError(f"{where}: field '{name}' is missing")
+            if not isinstance(row[name], kind) or isinstance(row[name], bool):
+                raise LibraryError(f"{where}: field '{name}' must be {'a string' if kind is str else 'an integer'}")
         if not isinstance(row.get("labels", []), list):
             raise LibraryError(f"{where}: field 'labels' must be a list")
         return cls(**{k: v for k, v in row.items() if k in known})

@@ -1,19 +1,19 @@
-"""Building the bundled part of the image library (user folders: image_library_user.py).
+"""Building the bundled part of the image library (names: image_library_labels.py; user folders:
+image_library_user.py).
 
-Bundled images (about 3,900, built once into `images/builtin-<key>/`):
+About 3,900 images, built once into `images/builtin-<key>/`:
 
-- Every colour glyph of Noto Color Emoji (Debian `fonts-noto-color-emoji`). The font stores each
-  glyph as a 136x128 PNG in its CBDT table; we read those bitmaps with fontTools and map each
-  glyph back to its code-point sequence through the cmap and the GSUB ligature table. That is
-  the exact bitmap Pillow draws at size 109 with `embedded_color=True`, but needs no text shaper
-  (libraqm), which flag and ZWJ sequences would otherwise need. Each glyph is flattened onto
-  white (generators often drop alpha, which turns transparent pixels black), upscaled with
-  Lanczos to 256x256 and stored as a 256-colour PNG (about 6 KB each).
-- Names: CLDR short names and aliases from the `emoji` package when installed, else Unicode
-  character names. Flags: pycountry names (official, common) plus countryinfo (alternative
-  spellings, demonym, capital, region); subdivision flags (England, Scotland, Wales, US states,
-  Canadian provinces, ...) through pycountry subdivisions.
-- Real photos shipped inside scikit-image and matplotlib, with hand-written captions.
+- Every colour glyph of Noto Color Emoji (Debian `fonts-noto-color-emoji`), every country and
+  subdivision flag included. The font stores each glyph as a 136x128 PNG in its CBDT table; we
+  read those bitmaps with fontTools and map each glyph back to its code-point sequences through
+  the cmap and the GSUB ligature table. That is the exact bitmap Pillow draws at size 109 with
+  `embedded_color=True`, but needs no text shaper (libraqm), which flag and ZWJ sequences would
+  otherwise need. Each glyph is flattened onto white (generators often drop alpha, which turns
+  transparent pixels black), upscaled with Lanczos to 256x256 and stored as a 256-colour PNG.
+- Real photos shipped inside scikit-image and matplotlib.
+- Optional: flat flag renders 1000 px wide from the npm package `svg-country-flags` (public
+  domain), fetched with `npm pack` by `genevolve images fetch-flags` into `images/vendor/`.
+  When present they rank above the emoji flags: a flat, large flag is the better reference.
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ import importlib.metadata
 import io
 import json
 import os
-import re
 import shutil
+import subprocess
+import tarfile
+import tempfile
 import time
-import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image
 
 from ..jsonio import atomic_write_json
-from .image_library import LibraryImage, library_lock, tokenize, write_manifest
+from .image_library import LibraryImage, library_lock, write_manifest
+from .image_library_labels import VS16, Namer, bundled_photos, emoji_data
 
 BUILTIN_FORMAT = 1                 # the layout of a build folder and its manifest
 EMOJI_PIXELS = 256
@@ -43,8 +44,9 @@ SOURCE_PACKAGES = ("emoji", "pycountry", "countryinfo", "scikit-image", "matplot
 FONT_CANDIDATES = ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
                    "/usr/share/fonts/noto/NotoColorEmoji.ttf",
                    "/usr/share/fonts/google-noto-emoji/NotoColorEmoji.ttf")
-ZWJ, VS16, TAG_END, BLACK_FLAG = "\u200d", "\ufe0f", "\U000e007f", "\U0001f3f4"
 NOTO_LICENSE = "Noto Color Emoji (font: SIL OFL 1.1; artwork: Apache-2.0)"
+FLAG_PACKAGE, FLAG_VERSION = "svg-country-flags", "1.2.10"
+FLAG_LICENSE = "public domain (svg-country-flags 1.2.10, renders of Wikipedia's flag files)"
 
 Log = Callable[[str], None]
 
@@ -68,28 +70,34 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def build_inputs() -> dict[str, Any]:
+def flags_dir(root: Path) -> Path:
+    return root / "vendor" / f"{FLAG_PACKAGE}-{FLAG_VERSION}"
+
+
+def build_inputs(root: Path) -> dict[str, Any]:
     """Everything the bundled library depends on; its hash names the build folder."""
     font = find_emoji_font()
     st = font.stat() if font and font.exists() else None
-    # The hash of this file stands in for the format number in between releases: any change to
-    # names, captions or image processing leads to a fresh build instead of a stale library.
-    code = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
-    inputs = {"format": BUILTIN_FORMAT, "code": code, "emoji_pixels": EMOJI_PIXELS,
+    # The hash of the build and label code stands in for the format number between releases:
+    # any change to names, captions or image processing leads to a fresh build.
+    code = hashlib.sha1(b"".join(Path(__file__).with_name(n).read_bytes()
+                                 for n in ("image_library_build.py", "image_library_labels.py")))
+    inputs = {"format": BUILTIN_FORMAT, "code": code.hexdigest()[:12], "emoji_pixels": EMOJI_PIXELS,
               "font": [str(font), st.st_size, st.st_mtime_ns] if st else None,
+              "flags": FLAG_VERSION if (flags_dir(root) / "countries.json").exists() else None,
               "packages": {d: _version(d) for d in SOURCE_PACKAGES}}
     inputs["key"] = hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
     return inputs
 
 
 def find_builtin(root: Path) -> Path | None:
-    target = root / f"builtin-{build_inputs()['key']}"
+    target = root / f"builtin-{build_inputs(root)['key']}"
     return target if (target / "BUILD.json").exists() else None
 
 
 def ensure_builtin(root: Path, log: Log | None = None, force: bool = False) -> Path:
     """The bundled library's folder, built first if needed (once, even across processes)."""
-    inputs = build_inputs()
+    inputs = build_inputs(root)
     target = root / f"builtin-{inputs['key']}"
     if (target / "BUILD.json").exists() and not force:
         return target
@@ -99,7 +107,7 @@ def ensure_builtin(root: Path, log: Log | None = None, force: bool = False) -> P
         for stale in root.glob(".building-*"):    # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".building-{inputs['key']}-{os.getpid()}"
-        build_builtin(tmp, inputs, log or (lambda msg: None))
+        build_builtin(tmp, inputs, flags_dir(root), log or (lambda msg: None))
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)                # the build appears whole or not at all
@@ -109,11 +117,11 @@ def ensure_builtin(root: Path, log: Log | None = None, force: bool = False) -> P
     return target
 
 
-def build_builtin(dest: Path, inputs: dict[str, Any], log: Log) -> None:
+def build_builtin(dest: Path, inputs: dict[str, Any], flags: Path, log: Log) -> None:
     start = time.perf_counter()
-    (dest / "files" / "emoji").mkdir(parents=True, exist_ok=True)
-    (dest / "files" / "photos").mkdir(parents=True, exist_ok=True)
-    namer = EmojiNamer()
+    for sub in ("emoji", "photos", "flags"):
+        (dest / "files" / sub).mkdir(parents=True, exist_ok=True)
+    namer = Namer()
     entries: list[LibraryImage] = []
     font = find_emoji_font()
     if font is None:
@@ -124,7 +132,7 @@ def build_builtin(dest: Path, inputs: dict[str, Any], log: Log) -> None:
         log(f"rendering {len(glyphs)} emoji glyphs from {font}")
         jobs: list[tuple[bytes, str]] = []
         for sequences, png in glyphs:
-            named = [(seq, d) for seq, d in ((seq, namer.describe(seq)) for seq in sequences) if d]
+            named = [(seq, d) for seq, d in ((seq, namer.emoji(seq)) for seq in sequences) if d]
             if not named:
                 continue
             rel = f"files/emoji/{_emoji_id(named[0][0])}.png"
@@ -135,7 +143,12 @@ def build_builtin(dest: Path, inputs: dict[str, Any], log: Log) -> None:
                                             caption=caption, license=NOTO_LICENSE))
         _render_all(jobs)
     for photo, src in bundled_photos(log):
-        entries.append(install_photo(photo, src, dest))
+        rel, width, height = install_image(src, dest, f"files/photos/photo-{photo.slug}")
+        entries.append(LibraryImage(id=f"photo-{photo.slug}", title=photo.title, path=rel, source=photo.package,
+                                    width=width, height=height, labels=photo.labels, caption=photo.caption,
+                                    license=photo.license))
+    if (flags / "countries.json").exists():
+        entries += flag_entries(flags, dest, namer)
     write_manifest(dest / "manifest.jsonl", entries)
     atomic_write_json(dest / "synonyms.json", namer.synonyms())
     seconds = round(time.perf_counter() - start, 1)
@@ -145,6 +158,22 @@ def build_builtin(dest: Path, inputs: dict[str, Any], log: Log) -> None:
     atomic_write_json(dest / "BUILD.json", {**inputs, "entries": len(entries), "by_source": counts,
                                             "build_seconds": seconds, "built_at": time.time()})
     log(f"built {len(entries)} images in {seconds} s")
+
+
+def install_image(src: Path, dest: Path, rel_stem: str) -> tuple[str, int, int]:
+    """Copy an image into the build; one with transparency is flattened onto white as PNG."""
+    with Image.open(src) as im:
+        width, height = im.size
+        if im.mode in ("RGBA", "LA", "P") and (im.mode != "P" or "transparency" in im.info):
+            rel = f"{rel_stem}.png"
+            rgba = im.convert("RGBA")
+            flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            flat.alpha_composite(rgba)
+            flat.convert("RGB").save(dest / rel, optimize=True)
+        else:
+            rel = f"{rel_stem}{src.suffix.lower()}"
+            shutil.copyfile(src, dest / rel)
+    return rel, width, height
 
 
 # ----------------------------------------------------------------------------- emoji font
@@ -176,7 +205,7 @@ def emoji_glyphs(font_path: Path) -> list[tuple[list[str], bytes]]:
                     if all(p in char_of for p in parts):
                         candidates.setdefault(lig.LigGlyph, []).append("".join(char_of[p] for p in parts))
     out = []
-    known = _emoji_data()
+    known = emoji_data()
     for glyph, sequences in candidates.items():
         data = strike.get(glyph)
         if data is None or not getattr(data, "imageData", b"").startswith(b"\x89PNG"):
@@ -227,299 +256,55 @@ def _emoji_image(png: bytes) -> Image.Image:
     return paletted
 
 
-_EMOJI_DATA: dict[str, tuple[str, dict[str, Any]]] | None = None
+# ----------------------------------------------------------------------------- flat flags
+
+def flag_entries(folder: Path, dest: Path, namer: Namer) -> list[LibraryImage]:
+    """Entries for the 1000 px flag renders in `folder` (png1000px/<code>.png + countries.json)."""
+    entries = []
+    for src in sorted((folder / "png1000px").glob("*.png")):
+        code = src.stem.upper()
+        ident = f"flag-{src.stem.lower()}"
+        stem, labels, sentence = namer.flag(code)
+        rel, width, height = install_image(src, dest, f"files/flags/{ident}")
+        entries.append(LibraryImage(id=ident, title=f"{stem} (flat, {width} px)", path=rel, source=FLAG_PACKAGE,
+                                    width=width, height=height, labels=labels,
+                                    caption=f"{sentence} A flat rendering of the flag, {width}x{height} pixels.",
+                                    license=FLAG_LICENSE))
+    return entries
 
 
-def _emoji_data() -> dict[str, tuple[str, dict[str, Any]]]:
-    """The `emoji` package's table keyed by sequence without VS16, fully-qualified form first."""
-    global _EMOJI_DATA
-    if _EMOJI_DATA is None:
-        _EMOJI_DATA = {}
-        try:
-            import emoji
-        except ImportError:
-            return _EMOJI_DATA
-        fully = emoji.STATUS["fully_qualified"]
-        for seq, data in sorted(emoji.EMOJI_DATA.items(), key=lambda kv: kv[1].get("status") != fully):
-            _EMOJI_DATA.setdefault(seq.replace(VS16, ""), (seq, data))
-    return _EMOJI_DATA
+def fetch_flags(root: Path, log: Log) -> Path:
+    """Fetch the pinned flag package with `npm pack` and keep its 1000 px PNGs under root/vendor/.
 
-
-def _short_name(raw: str) -> str:
-    return raw.strip(":").replace("_", " ").strip()
-
-
-class EmojiNamer:
-    """Titles, labels and captions for emoji sequences, flags named by country facts."""
-
-    SUBDIVISION_DEMONYMS = {"GB-ENG": ["English"], "GB-SCT": ["Scottish", "Scots"], "GB-WLS": ["Welsh"]}
-
-    def __init__(self) -> None:
-        self.countries = _country_facts()
-        self.demonyms: dict[str, str] = {}          # demonym -> country name, for synonyms.json
-
-    def describe(self, seq: str) -> tuple[str, list[str], str] | None:
-        key = seq.replace(VS16, "")
-        data = _emoji_data().get(key, (seq, {}))[1]
-        name = _short_name(data["en"]) if data.get("en") else ""
-        aliases = [_short_name(a) for a in data.get("alias", [])]
-        points = "U+" + " U+".join(f"{ord(c):04X}" for c in seq)
-        if len(key) == 2 and all(0x1F1E6 <= ord(c) <= 0x1F1FF for c in key):
-            return self._country_flag("".join(chr(ord(c) - 0x1F1E6 + 65) for c in key), name, aliases, points)
-        if key.startswith(BLACK_FLAG) and key.endswith(TAG_END) and len(key) > 3:
-            tag = "".join(chr(ord(c) - 0xE0000) for c in key[1:-1]).upper()
-            return self._subdivision_flag(f"{tag[:2]}-{tag[2:]}", name, aliases, points)
-        unicode_names = [unicodedata.name(c, "").lower() for c in key if c != ZWJ]
-        if not name:
-            if len(key) == 1 and (ord(key) < 0x80 or 0x1F1E6 <= ord(key) <= 0x1F1FF
-                                  or unicodedata.category(key) in ("Mn", "Me")):
-                return None                          # a building block (digit, letter), not a picture
-            name = ", ".join(n for n in unicode_names if n) or points
-        title = f"{name[0].upper()}{name[1:]} (emoji)"
-        labels = _unique([name, *aliases, *unicode_names, "emoji"])
-        return title, labels, f"Emoji art of {name} from Noto Color Emoji ({points})."
-
-    def _country_flag(self, code: str, name: str, aliases: list[str], points: str):
-        facts = self.countries.get(code, {})
-        name = name or facts.get("name") or code
-        labels = ["flag", "national flag", name, *facts.get("names", []), *aliases, *facts.get("demonyms", []),
-                  code, *facts.get("codes", [])]
-        for demonym in facts.get("demonyms", []):
-            self.demonyms[demonym] = name
-        facts_text = "; ".join(x for x in (facts.get("subregion") or facts.get("region"),
-                                           f"capital: {facts['capital']}" if facts.get("capital") else "") if x)
-        caption = f"The flag of {_the(name)}" + (f" ({facts_text})" if facts_text else "") + "."
-        return (f"Flag of {_the(name)} (emoji)", _unique(labels),
-                f"{caption} Emoji art from Noto Color Emoji ({points}).")
-
-    def _subdivision_flag(self, code: str, name: str, aliases: list[str], points: str):
-        import pycountry
-
-        sub = pycountry.subdivisions.get(code=code)
-        country = self.countries.get(code[:2], {}).get("name", code[:2])
-        name = name or (sub.name if sub else code)
-        kind = (sub.type if sub else "region").lower()
-        demonyms = self.SUBDIVISION_DEMONYMS.get(code, [])
-        for demonym in demonyms:
-            self.demonyms[demonym] = name
-        labels = _unique(["flag", f"{kind} flag", name, *(p for p in [sub.name if sub else None] if p),
-                          *aliases, *demonyms, country])
-        caption = f"The flag of {name} ({kind}, {_the(country)}). Emoji art from Noto Color Emoji ({points})."
-        return f"Flag of {name} (emoji)", labels, caption
-
-    def synonyms(self) -> dict[str, list[str]]:
-        """Query expansions: each demonym word maps to the words of its country's name."""
-        out: dict[str, list[str]] = {}
-        for demonym, country in sorted(self.demonyms.items()):
-            words = tokenize(demonym)
-            targets = [t for t in tokenize(country) if t not in words]
-            if len(words) == 1 and targets:
-                out.setdefault(words[0], [])
-                out[words[0]] = _unique(out[words[0]] + targets)
-        return out
-
-
-def _country_facts() -> dict[str, dict[str, Any]]:
-    """ISO alpha-2 code -> names, codes, demonyms, capital and region (pycountry + countryinfo)."""
-    facts: dict[str, dict[str, Any]] = {}
-    try:
-        import pycountry
-        for c in pycountry.countries:
-            # ISO's inverted forms ("Korea, Republic of") are left out: the other names cover them.
-            names = [n for n in (getattr(c, a, None) for a in ("common_name", "name", "official_name"))
-                     if n and "," not in n]
-            facts[c.alpha_2] = {"name": names[0] if names else c.name, "names": _unique(names),
-                                "codes": [c.alpha_3], "demonyms": []}
-    except ImportError:
-        pass
-    try:
-        from countryinfo import all_countries
-        seen: set[str] = set()
-        for country in all_countries():
-            info = country.info()
-            iso = info.get("ISO") if isinstance(info.get("ISO"), dict) else {}
-            code = iso.get("alpha2")
-            if not code or code in seen:      # duplicates (e.g. Wales filed under GB) would mislabel
-                continue
-            seen.add(code)
-            entry = facts.setdefault(code, {"name": info.get("name") or code, "names": [], "codes": [],
-                                            "demonyms": []})
-            alt = [a for a in info.get("altSpellings") or []
-                   if isinstance(a, str) and len(a) > 3 and "," not in a]
-            entry["names"] = _unique(entry["names"] + [info.get("name") or ""] + alt)
-            entry["demonyms"] = _unique(entry["demonyms"] + [info.get("demonym") or ""])
-            capital = info.get("capital")
-            capital = ", ".join(capital) if isinstance(capital, list) else capital
-            entry["capital"] = capital or None
-            entry["region"], entry["subregion"] = info.get("region"), info.get("subregion")
-            entry["population"] = info.get("population") or 0
-    except ImportError:
-        pass
-    # A demonym shared by several places ("American") labels only the most populous of them.
-    owner: dict[str, str] = {}
-    for code, entry in facts.items():
-        for demonym in entry["demonyms"]:
-            best = owner.get(demonym.lower())
-            if best is None or entry.get("population", 0) > facts[best].get("population", 0):
-                owner[demonym.lower()] = code
-    for code, entry in facts.items():
-        entry["demonyms"] = [d for d in entry["demonyms"] if owner[d.lower()] == code]
-    return facts
-
-
-_WITH_ARTICLE = re.compile(r"^(United |Central African|Dominican Republic|European|Holy See)|"
-                           r"(Islands|Republic|Emirates|Netherlands|Bahamas|Gambia|Philippines|Maldives|"
-                           r"Comoros|Seychelles|Vatican City|Territories|Nations|Territory)$")
-
-
-def _the(name: str) -> str:
-    """'United States' -> 'the United States', as English writes these names after 'flag of'."""
-    return f"the {name}" if _WITH_ARTICLE.search(name) else name
-
-
-def _unique(items: list[str]) -> list[str]:
-    seen, out = set(), []
-    for item in items:
-        item = (item or "").strip()
-        if item and item.lower() not in seen:
-            seen.add(item.lower())
-            out.append(item)
-    return out
-
-
-# ----------------------------------------------------------------------------- bundled photos
-
-@dataclass
-class BundledPhoto:
-    package: str          # scikit-image | matplotlib
-    file: str             # inside the package's sample-data folder
-    slug: str
-    title: str
-    labels: list[str]
-    caption: str
-    license: str
-
-
-CC0, PD = "CC0", "public domain"
-# Captions are ours, written from looking at each picture; licences as the packages state them.
-# (package, file in its sample-data folder, id slug, title, labels, caption, licence)
-PHOTOS = [BundledPhoto(*row) for row in [
-    ("scikit-image", "astronaut.png", "astronaut", "Astronaut Eileen Collins (photo)",
-     ["astronaut", "Eileen Collins", "NASA", "spacesuit", "portrait", "woman", "space shuttle"],
-     "Studio portrait of NASA astronaut Eileen Collins, smiling, in an orange launch suit with a "
-     "black helmet beside her; the US flag and a space shuttle model behind.", PD),
-    ("scikit-image", "chelsea.png", "chelsea", "Chelsea, a tabby cat (photo)",
-     ["cat", "tabby cat", "kitten", "pet", "animal", "feline"],
-     "Close-up of a ginger tabby cat with green eyes looking slightly to the side.", CC0),
-    ("scikit-image", "coffee.png", "coffee", "Cup of coffee (photo)",
-     ["coffee", "espresso", "cup", "saucer", "spoon", "cafe", "drink"],
-     "A red cup of milky espresso on a red saucer with a spoon, on a wooden cafe table.", CC0),
-    ("scikit-image", "rocket.jpg", "rocket", "Falcon 9 rocket on the launch pad (photo)",
-     ["rocket", "Falcon 9", "SpaceX", "launch pad", "night", "spaceflight"],
-     "A SpaceX Falcon 9 rocket standing on its launch pad at dusk, lit by floodlights, with lightning"
-     " towers on both sides.", PD),
-    ("scikit-image", "camera.png", "camera", "Photographer with a camera on a tripod (photo)",
-     ["cameraman", "photographer", "camera", "tripod", "man", "black and white"],
-     "Black-and-white photo of a man in a dark coat looking through a camera on a tripod, on a lawn "
-     "with buildings behind.", CC0),
-    ("scikit-image", "coins.png", "coins", "Ancient Greek coins (photo)",
-     ["coins", "coin", "Greek coins", "Pompeii", "money", "ancient", "black and white"],
-     "Twenty-four ancient Greek coins from Pompeii laid out in rows on a grey background.", PD),
-    ("scikit-image", "moon.png", "moon", "Surface of the Moon (photo)",
-     ["moon", "lunar surface", "craters", "black and white"],
-     "Low-contrast grey image of the lunar surface with a few craters.", PD),
-    ("scikit-image", "horse.png", "horse", "Horse silhouette (drawing)",
-     ["horse", "silhouette", "animal", "black and white"],
-     "A black silhouette of a standing horse in profile on white.", CC0),
-    ("scikit-image", "hubble_deep_field.jpg", "hubble-deep-field", "Hubble eXtreme Deep Field (photo)",
-     ["galaxies", "Hubble", "deep field", "space", "stars", "universe", "astronomy"],
-     "Hundreds of faint, colourful galaxies on black: the Hubble telescope's deepest view.", PD),
-    ("scikit-image", "motorcycle_left.png", "motorcycle", "Red motorcycle in a garage (photo)",
-     ["motorcycle", "motorbike", "bike", "garage", "red"],
-     "A red and chrome motorcycle parked in a workshop with shelves and boxes behind.",
-     "Middlebury stereo data set (research use)"),
-    ("scikit-image", "brick.png", "brick", "Brick wall texture (photo)",
-     ["brick", "brick wall", "wall", "texture", "black and white"],
-     "Grey close-up of a brick wall seen at an angle.", CC0),
-    ("scikit-image", "grass.png", "grass", "Grass texture (photo)",
-     ["grass", "lawn", "texture", "black and white"],
-     "Grey close-up of short grass blades.", CC0),
-    ("scikit-image", "gravel.png", "gravel", "Gravel texture (photo)",
-     ["gravel", "stones", "pebbles", "texture", "black and white"],
-     "Grey close-up of small gravel stones.", CC0),
-    ("scikit-image", "retina.jpg", "retina", "Human retina (fundus photo)",
-     ["retina", "eye", "fundus", "blood vessels", "medical"],
-     "An orange-red photograph of the back of a human eye with the optic disc and blood vessels.", CC0),
-    ("scikit-image", "ihc.png", "immunohistochemistry", "Colon tissue under a microscope (photo)",
-     ["microscopy", "tissue", "immunohistochemistry", "histology", "cells", "medical"],
-     "Stained colonic glands: brown cell membranes on a pale blue background.", PD),
-    ("scikit-image", "cell.png", "cell", "A cell floating in saline (microscope image)",
-     ["cell", "microscopy", "biology", "black and white"],
-     "Quantitative phase image of a single round cell, bright on a grey background.", PD),
-    ("scikit-image", "clock_motion.png", "clock", "Motion-blurred wall clock (photo)",
-     ["clock", "wall clock", "motion blur", "black and white"],
-     "A wall clock smeared sideways by camera motion.", PD),
-    ("scikit-image", "page.png", "page", "Scanned page of printed text (photo)",
-     ["page", "text", "document", "scan", "black and white"],
-     "A scanned book page with a heading and a paragraph of text, unevenly lit.", PD),
-    ("scikit-image", "text.png", "text", "Handwritten text on paper (photo)",
-     ["text", "handwriting", "paper", "black and white"],
-     "Lines of handwritten characters on paper, photographed at a slant.", PD),
-    ("scikit-image", "color.png", "colorwheel", "Colour wheel (graphic)",
-     ["color wheel", "colour wheel", "rainbow", "hue", "spectrum"],
-     "A disc of all hues around the rim fading to white in the centre, on black.", PD),
-    ("scikit-image", "logo.png", "skimage-logo", "scikit-image logo (graphic)",
-     ["logo", "scikit-image", "snake"],
-     "Green and orange yin-yang style disc with a snake.", "scikit-image project logo"),
-    ("matplotlib", "grace_hopper.jpg", "grace-hopper", "Rear Admiral Grace Hopper (photo)",
-     ["Grace Hopper", "portrait", "woman", "navy", "officer", "uniform", "computer scientist"],
-     "Official portrait of Grace Hopper in US Navy dress uniform and cap, with flags behind.", PD),
-    ("matplotlib", "Minduka_Present_Blue_Pack.png", "present", "Blue gift box (drawing)",
-     ["gift", "present", "box", "ribbon", "blue"],
-     "A blue wrapped present with a silver bow, drawn as clip art.",
-     "matplotlib sample data (clip art by Minduka)"),
-]]
-
-
-def _package_data_dir(package: str) -> Path | None:
-    try:
-        if package == "scikit-image":
-            import skimage.data
-            return Path(skimage.data.data_dir)
-        if package == "matplotlib":
-            import matplotlib
-            return Path(matplotlib.get_data_path()) / "sample_data"
-    except ImportError:
-        return None
-    return None
-
-
-def bundled_photos(log: Log) -> list[tuple[BundledPhoto, Path]]:
-    """The photos whose files are present (scikit-image fetches some from the web; we never do)."""
-    out = []
-    for photo in PHOTOS:
-        folder = _package_data_dir(photo.package)
-        path = folder / photo.file if folder else None
-        if path is None or not path.is_file():
-            log(f"skipped photo {photo.package}/{photo.file}: not installed")
-            continue
-        out.append((photo, path))
-    return out
-
-
-def install_photo(photo: BundledPhoto, src: Path, dest: Path) -> LibraryImage:
-    """Copy one photo into the library; images with transparency are flattened onto white."""
-    ident = f"photo-{photo.slug}"
-    with Image.open(src) as im:
-        width, height = im.size
-        if im.mode in ("RGBA", "LA", "P") and (im.mode != "P" or "transparency" in im.info):
-            rel = f"files/photos/{ident}.png"
-            rgba = im.convert("RGBA")
-            flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            flat.alpha_composite(rgba)
-            flat.convert("RGB").save(dest / rel)
-        else:
-            rel = f"files/photos/{ident}{src.suffix.lower()}"
-            shutil.copyfile(src, dest / rel)
-    return LibraryImage(id=ident, title=photo.title, path=rel, source=photo.package, width=width,
-                        height=height, labels=photo.labels, caption=photo.caption, license=photo.license)
+    Needs the npm client (the flags ship only on the npm registry). Idempotent; atomic.
+    """
+    target = flags_dir(root)
+    npm = shutil.which("npm")
+    if npm is None and not (target / "countries.json").exists():
+        raise RuntimeError("fetching the flag renders needs the npm client (e.g. apt-get install npm)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with library_lock(root), tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        if (target / "countries.json").exists():
+            return target
+        log(f"npm pack {FLAG_PACKAGE}@{FLAG_VERSION}")
+        done = subprocess.run([str(npm), "pack", f"{FLAG_PACKAGE}@{FLAG_VERSION}", "--silent"], cwd=tmp,
+                              capture_output=True, text=True, timeout=600)
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if done.returncode != 0 or not tarballs:
+            raise RuntimeError(f"npm pack {FLAG_PACKAGE}@{FLAG_VERSION} failed: "
+                               f"{(done.stderr or done.stdout).strip()[-500:]}")
+        staging = Path(tmp) / "out"
+        (staging / "png1000px").mkdir(parents=True)
+        with tarfile.open(tarballs[0]) as tar:
+            for member in tar.getmembers():
+                parts = member.name.split("/")
+                wanted = (len(parts) == 3 and parts[1] == "png1000px" and parts[2].endswith(".png")) or \
+                    (len(parts) == 2 and parts[1] in ("countries.json", "README.md", "package.json"))
+                if member.isfile() and wanted and ".." not in parts:
+                    data = tar.extractfile(member)
+                    (staging.joinpath(*parts[1:])).write_bytes(data.read() if data else b"")
+        if not (staging / "countries.json").exists():
+            raise RuntimeError(f"{tarballs[0].name}: no countries.json inside; not the expected package")
+        os.rename(staging, target)
+    log(f"{len(list((target / 'png1000px').glob('*.png')))} flag renders in {target}")
+    return target
