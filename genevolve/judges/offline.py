@@ -471,8 +471,12 @@ def grade_share(passed: int, total: int) -> float:
 
 def judge_images(request: str, generated_image: str | Path, gt_image: str | Path,
                  meta: dict[str, Any] | None = None) -> JudgeResult:
-    """Score one sample synchronously (the judge runs it in a worker thread)."""
-    meta = meta or {}
+    """Score one sample synchronously (the judge runs it in a worker thread).
+
+    `meta` may be a benchmark row: facts nested under its `meta` key count as well."""
+    meta = dict(meta or {})
+    if isinstance(meta.get("meta"), dict):
+        meta.update(meta["meta"])
     gen, gt = load_bgr(generated_image), load_bgr(gt_image)
     extra: dict[str, Any] = {}
     checks: dict[str, bool] = {}

