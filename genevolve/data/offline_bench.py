@@ -15,7 +15,7 @@ Two tracks, as in the paper:
   above/below arrangement, or colour variants bound to positions.
 
 Everything is deterministic: the same library gives the same rows and the same pixels. The held-out
-split is fixed by a hash of the row id (a quarter of the rows are `test`).
+split is fixed by a hash of the row id: a quarter of each category is `test`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ..jsonio import atomic_write_bytes, atomic_write_json, write_jsonl_atomic
 BENCH_VERSION = 1
 KA, QA = "Knowledge-Anchored", "Quality-Anchored"
 TEST_SHARE = 4                   # one row in four is held out
+MIN_POPULATION = 250_000         # smaller places are mostly dependencies that fly another flag
 
 
 @dataclass(frozen=True)
@@ -147,13 +148,23 @@ class BenchItem:
     library_ids: list[str]
 
 
-def split_of(item_id: str) -> str:
-    digest = int(hashlib.sha256(item_id.encode("utf-8")).hexdigest(), 16)
-    return "test" if digest % TEST_SHARE == 0 else "train"
+def assign_splits(rows: list[dict[str, Any]]) -> None:
+    """Hold out a quarter of every category: the rows whose id hashes lowest within it are `test`.
+
+    Stratified by category so each split sees every kind of row; the hash makes the choice fixed
+    and independent of row order."""
+    by_category: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_category.setdefault(row["category"], []).append(row)
+    for group in by_category.values():
+        ranked = sorted(group, key=lambda r: hashlib.sha256(r["id"].encode("utf-8")).hexdigest())
+        held_out = round(len(group) / TEST_SHARE)
+        for n, row in enumerate(ranked):
+            row["split"] = "test" if n < held_out else "train"
 
 
 def country_flags(library_ids: set[str]) -> list[dict[str, str]]:
-    """Countries with a capital, a top-level domain and a flag in the library, sorted by name.
+    """Countries (and large territories) with a capital and a flag in the library, sorted by name.
 
     Only capitals and domains that belong to exactly one country are kept, so each clue names one
     country."""
@@ -164,6 +175,8 @@ def country_flags(library_ids: set[str]) -> list[dict[str, str]]:
         code = (info.get("ISO") or {}).get("alpha2")
         capital = info.get("capital")
         if not code or code in seen or not isinstance(capital, str) or not capital.strip():
+            continue
+        if (info.get("population") or 0) < MIN_POPULATION:     # small dependencies share flags
             continue
         seen.add(code)
         flag = "emoji-" + "-".join(f"{0x1F1E6 + ord(ch) - ord('A'):x}" for ch in code.upper())
@@ -198,7 +211,7 @@ def make_items(library_ids: set[str]) -> list[BenchItem]:
                                "reference_images": [{"img_id": f"IMG_{i:03d}", "library_id": r}
                                                     for i, r in enumerate(refs, 1)]}}
         row = {"id": item_id, "question": question, "gt_image": f"images/{item_id}.png", "eval_type": eval_type,
-               "category": category, "difficulty": difficulty, "split": split_of(item_id), "meta": meta}
+               "category": category, "difficulty": difficulty, "split": "", "meta": meta}
         items.append(BenchItem(row, gen_prompt, refs))
 
     # Knowledge-anchored flags: the country is named only through its capital (or its web domain).
@@ -286,6 +299,7 @@ def make_items(library_ids: set[str]) -> list[BenchItem]:
             f"The {c1} {kind} from the first reference image on the left and the {c2} {kind} from the second "
             "reference image on the right.", ids, f"{c1} {kind}; {c2} {kind}", [SKILLS["binding"], SKILLS["layout"]],
             relation={"left": f"{c1} {kind}", "right": f"{c2} {kind}"})
+    assign_splits([i.row for i in items])
     return items
 
 
@@ -307,9 +321,13 @@ def build_benchmark(output_dir: str | Path, *, long_side: int = 768, library: An
     entries = {e.id: e for e in library.entries()}
     items = make_items(set(entries))
     if per_category is not None:
-        kept: dict[str, int] = {}
-        items = [i for i in items if kept.setdefault(i.row["category"], 0) < per_category
-                 and not kept.__setitem__(i.row["category"], kept[i.row["category"]] + 1)]
+        seen: dict[str, int] = {}
+        subset = []
+        for item in items:
+            seen[item.row["category"]] = seen.get(item.row["category"], 0) + 1
+            if seen[item.row["category"]] <= per_category:
+                subset.append(item)
+        items = subset
     renderer = OfflineRenderer(long_side=long_side)
     for n, item in enumerate(items, 1):
         target = out / item.row["gt_image"]

@@ -44,7 +44,7 @@ import numpy as np
 from ..config import cache_dir
 from ..jsonio import write_jsonl_atomic
 from .base import ImageHit, ImageSearchBackend
-from .offline_search import normalize, stem
+from .offline_corpus import normalize, stem
 
 log = logging.getLogger(__name__)
 
