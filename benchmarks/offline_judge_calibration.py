@@ -49,6 +49,7 @@ SINGLE_LAYOUTS = [
     "The {noun} from the first reference image, centered, on a teal backdrop.",
     "The {noun} from the first reference image, centered, with the caption \"{extra}\" at the bottom.",
     "The {noun} from the first reference image at the bottom, on a purple backdrop.",
+    "The first reference image.",
 ]
 EXTRA_CAPTIONS = ["LOOK HERE", "SPECIMEN", "EXHIBIT A", "TODAY"]
 TEXT_POOL = ["OPEN 24 HOURS", "FRESH BREAD DAILY", "GRAND OPENING", "WELCOME HOME", "NO PARKING",

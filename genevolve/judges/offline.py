@@ -2,36 +2,42 @@
 
 It is a proxy, not a replacement for the VLM judge: it can tell whether the right subject, text,
 count and arrangement ended up in the image, not whether the image is a good picture of it. Each
-dimension is mapped to {0, 0.5, 1} with the thresholds below; the raw measurements go to
-`JudgeResult.extra` so that every grade can be checked by hand.
+dimension is graded on {0, 0.5, 1} with the thresholds below; the raw measurements go to
+`JudgeResult.extra` so that every grade can be checked by hand. `benchmarks/
+offline_judge_calibration.py` measures how often it ranks a right image above a wrong one.
 
-visual_correctness (generated vs ground truth). SIFT keypoints on both images, mutual nearest
-  neighbour matches, then up to four similarity transforms (shift, rotation, uniform scale) found
-  one after another by RANSAC, each one an object seen in both images. Why this measure:
-  generators and our compositor move and rescale subjects freely but rarely warp them in
-  perspective, so a 4-degree-of-freedom model needs few matches and rejects chance agreements a
-  homography would accept; local features ignore what changed around the subject (background,
-  layout, other objects) where a global histogram or SSIM would not. SIFT sees grey levels only,
-  so a flag of Italy would match one of Ireland; each transform is therefore colour-verified: the
-  generated image is warped onto the ground truth and the share of pixels inside the matched
-  region whose CIELAB colour differs by less than `COLOUR_DELTA_E` is the model's agreement.
-  Score = sum over verified models of inliers x agreement, divided by the ground truth's keypoint
-  count (the share of the ground truth's distinctive detail reproduced in the right colours).
-text_accuracy. RapidOCR reads the generated image; each required string (from meta
-  `required_texts`, else every double-quoted string of the request) is located in the OCR output by
-  approximate substring matching on letters and digits (case and spaces ignored, since OCR drops
-  spaces). Normalised edit distance d: d <= 0.1 -> 1, d <= 0.3 -> 0.5, else 0; the request's grade
-  is the worst of its strings. No required text -> text_accuracy_na with 0.5, as published.
-faithfulness. Every required element is checked and the share that passes is graded:
-  the ground truth's main subject is found (a verified model exists), each required text is present
-  (d <= 0.5), the expected count of instances (meta `count`) matches the number of separate objects
-  found by background segmentation, and required relations (meta `relation`) keep the ground
-  truth's left/right and above/below order between matched objects. All pass -> 1, at least half
-  -> 0.5, else 0.
-aesthetics. Four image statistics, each compared with the ground truth so that a flat emoji
-  poster and a photograph are each held to their own standard: exposure (mean luminance), contrast
-  (RMS of luminance), sharpness (variance of the Laplacian), colourfulness (Hasler and
-  Suesstrunk 2003). No defect -> 1 (not worse than the ground truth), one -> 0.5, two or more -> 0.
+Objects. Many ground truths (and all of the offline renderer's) show objects on a plain or
+  gradient backdrop; the backdrop is a plane fitted per CIELAB channel to the image border, and
+  what differs from it (cast shadows aside) splits into connected objects. A busy picture (a
+  photo) has no backdrop and is treated as one object.
+visual_correctness: is each ground-truth object in the generated image, with its colours? SIFT
+  keypoints of the object are matched to the generated image (every generated keypoint nearly as
+  close as the best counts, so a repeated object can match any copy), and RANSAC fits one
+  similarity transform (shift, rotation, uniform scale). Why this: generators and our compositor
+  move and rescale subjects freely but rarely warp them in perspective, so a 4-degree-of-freedom
+  model needs few matches and rejects chance agreements a homography would accept; local features
+  ignore what changed around the subject (backdrop, layout, other objects) where a global
+  histogram or SSIM would not. SIFT sees grey levels only, so the flag of Italy matches that of
+  Ireland; the generated image is therefore warped onto the ground truth and the share of the
+  matched region whose colour is within COLOUR_DELTA_E (CIE76) is the object's agreement. An
+  object counts when >= MIN_INLIERS keypoints fit and agreement >= MIN_AGREEMENT; its coverage is
+  inliers x agreement / its keypoints. similarity = mean coverage over objects; >= VISUAL_FULL
+  -> 1, >= VISUAL_HALF -> 0.5, else 0.
+text_accuracy: RapidOCR reads the generated image; each required string (meta `required_texts`,
+  else every double-quoted string of the request) is looked for in the OCR lines by approximate
+  substring matching over letters and digits (case and spaces ignored: OCR drops spaces). With d
+  the edit distance over the string's length: d <= TEXT_FULL -> 1, d <= TEXT_HALF -> 0.5, else 0;
+  the worst string decides. No required text -> text_accuracy_na with 0.5, as published.
+faithfulness: the share of required elements present: the ground truth's objects (at least half
+  found), each required text (d <= TEXT_PRESENT), the expected count (meta `count`, compared with
+  the objects on the generated image's backdrop, OCR'd text lines left out) and a required
+  relation (meta `relation`: matched objects keep the ground truth's left/right and above/below
+  order). All -> 1, at least half -> 0.5, else 0.
+aesthetics: image statistics held against the ground truth, so that a flat poster and a photo are
+  each judged by their own standard: exposure (mean luminance; or brighter than the GT with less
+  contrast: washed out), contrast (RMS luminance), sharpness (the steepest 1% of luminance steps
+  relative to the luminance range) and colourfulness (Hasler and Suesstrunk 2003). No defect -> 1
+  (not worse than the GT), one -> 0.5, more -> 0.
 """
 
 from __future__ import annotations
@@ -41,11 +47,12 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from .base import Judge, JudgeResult
 from .kscore import missing_images
@@ -73,14 +80,16 @@ OCR_SIDE = 1024                 # OCR reads the image at this long side
 RELATION_MIN_GAP = 0.12
 # objects on a backdrop (counting, and the ground truth's objects)
 BG_DELTA_E = 14.0
+MIN_BACKDROP_SHARE = 0.3        # share of the border a plain backdrop must explain
 SHADOW_DEPTH = 0.45             # a same-hue pixel down to this share of the backdrop's lightness is shadow
 MIN_OBJECT_AREA = 0.002         # share of the image
 OBJECT_AREA_RATIO = 0.3         # a part smaller than this share of the median object is debris
 # aesthetics
-EXPOSURE_RANGE = (0.08, 0.94)
+EXPOSURE_RANGE = (0.08, 0.92)   # mean luminance of a usable picture
+EXPOSURE_SHIFT, WASHED_CONTRAST = 0.25, 0.7   # brighter than the GT by this much with less contrast: washed out
 CONTRAST_MIN, CONTRAST_RATIO = 0.05, 0.5
-SHARPNESS_RATIO = 0.3
-COLOUR_RATIO, COLOURFUL_GT = 0.5, 20.0
+SHARPNESS_RATIO = 0.6           # edges less than this share as steep as the GT's: blurred
+COLOUR_RATIO, COLOURFUL_GT = 0.35, 20.0
 
 _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”")
 
@@ -89,8 +98,6 @@ _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”")
 
 def load_bgr(path: str | Path, side: int = WORK_SIDE) -> np.ndarray:
     """The image at `path` as 8-bit BGR, resized so its long side is `side` (transparency on white)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         im.load()
         if im.mode in ("RGBA", "LA", "P"):
@@ -103,8 +110,6 @@ def load_bgr(path: str | Path, side: int = WORK_SIDE) -> np.ndarray:
 
 
 def resize_long_side(bgr: np.ndarray, side: int) -> np.ndarray:
-    import cv2
-
     h, w = bgr.shape[:2]
     scale = side / max(h, w)
     if abs(scale - 1) < 1e-3:
@@ -115,8 +120,6 @@ def resize_long_side(bgr: np.ndarray, side: int) -> np.ndarray:
 
 def to_lab(bgr: np.ndarray) -> np.ndarray:
     """CIELAB in real units (L 0..100), after a light blur so resampling noise does not count."""
-    import cv2
-
     return cv2.cvtColor(cv2.GaussianBlur(bgr, (5, 5), 0).astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
 
 
@@ -156,9 +159,20 @@ def text_distance(required: str, lines: list[str]) -> float:
     if not target:
         return 0.0
     candidates = [normalise_text(line) for line in lines]
-    candidates.append("".join(candidates))      # text split over several OCR lines
+    # Text split over several OCR lines, joined as read and with repeated letters at a split
+    # dropped (OCR boxes can overlap: "NO P" + "PARKING").
+    candidates += ["".join(candidates), _join_overlapping(candidates)]
     best = min((substring_distance(target, c) for c in candidates if c), default=len(target))
     return min(1.0, best / len(target))
+
+
+def _join_overlapping(parts: list[str], longest: int = 3) -> str:
+    joined = ""
+    for part in parts:
+        cut = next((k for k in range(min(longest, len(joined), len(part)), 0, -1)
+                    if joined.endswith(part[:k])), 0)
+        joined += part[cut:]
+    return joined
 
 
 def grade_text(distance: float) -> float:
@@ -181,13 +195,6 @@ class _OCR:
         return [(text, float(conf), box) for box, text, conf in (result or [])]
 
 
-def read_text(bgr: np.ndarray) -> list[str]:
-    """Lines of text OCR finds with at least OCR_MIN_CONFIDENCE, top to bottom, left to right."""
-    lines = [(min(p[1] for p in box), min(p[0] for p in box), text)
-             for text, conf, box in _OCR.read(bgr) if conf >= OCR_MIN_CONFIDENCE]
-    return [text for _, _, text in sorted(lines)]
-
-
 # ---------------------------------------------------------------------------------- objects
 
 @dataclass
@@ -199,13 +206,14 @@ class Segment:
     area: int
 
 
-def backdrop_lab(lab: np.ndarray) -> np.ndarray:
-    """The backdrop as a plane per CIELAB channel, fitted to a band along the image border.
+def backdrop_lab(lab: np.ndarray) -> tuple[np.ndarray, float]:
+    """The backdrop as a plane per CIELAB channel fitted to a band along the image border, and the
+    share of that band it explains.
 
     A plane (a + b·x + c·y) covers plain and linear-gradient backdrops; two robust passes drop
     border pixels that belong to objects touching the edge."""
     h, w = lab.shape[:2]
-    band = max(2, min(h, w) // 50)
+    band = max(2, min(h, w) // 150)             # thin: objects often come within a few pixels of the edge
     ys, xs = np.mgrid[0:h, 0:w]
     border = np.zeros((h, w), bool)
     border[:band], border[-band:], border[:, :band], border[:, -band:] = True, True, True, True
@@ -215,9 +223,10 @@ def backdrop_lab(lab: np.ndarray) -> np.ndarray:
     for _ in range(2):
         coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
         residual = np.linalg.norm(design @ coef - values, axis=1)
-        keep = residual <= max(BG_DELTA_E / 2, np.percentile(residual, 60))
+        keep = residual <= max(BG_DELTA_E / 2, np.percentile(residual, 40))
+    explained = float((residual <= BG_DELTA_E).mean())
     full = np.stack([np.ones(h * w), xs.ravel() / w, ys.ravel() / h], axis=1)
-    return (full @ coef).reshape(h, w, 3).astype(np.float32)
+    return (full @ coef).reshape(h, w, 3).astype(np.float32), explained
 
 
 def segment_objects(lab: np.ndarray, ignore_boxes: list[list[list[float]]] | None = None) -> list[Segment]:
@@ -227,13 +236,11 @@ def segment_objects(lab: np.ndarray, ignore_boxes: list[list[list[float]]] | Non
     a pixel of the backdrop's hue that is only darker (down to SHADOW_DEPTH of its lightness): that
     is a cast shadow. Components smaller than OBJECT_AREA_RATIO of a typical object are debris. The
     `ignore_boxes` (text lines found by OCR) are blanked first, so a caption is not an object."""
-    import cv2
-
     h, w = lab.shape[:2]
-    backdrop = backdrop_lab(lab)
-    residual = np.linalg.norm(lab - backdrop, axis=2)
-    if np.median(residual[:max(2, h // 50)]) > BG_DELTA_E:       # no plain backdrop to stand out from
+    backdrop, explained = backdrop_lab(lab)
+    if explained < MIN_BACKDROP_SHARE:           # a photo or a busy scene: no backdrop to stand out from
         return []
+    residual = np.linalg.norm(lab - backdrop, axis=2)
     hue_shift = np.linalg.norm(lab[..., 1:] - backdrop[..., 1:], axis=2)
     shadow = (lab[..., 0] < backdrop[..., 0]) & (lab[..., 0] >= SHADOW_DEPTH * backdrop[..., 0]) \
         & (hue_shift < BG_DELTA_E / 2)
@@ -296,25 +303,15 @@ class MatchReport:
         return float(np.mean([o.coverage for o in self.objects])) if self.objects else 0.0
 
 
-@lru_cache(maxsize=1)
-def _sift():
-    import cv2
-
-    return cv2.SIFT_create(nfeatures=MAX_FEATURES)
-
-
 def _features(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    import cv2
-
-    keypoints, descriptors = _sift().detectAndCompute(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), None)
+    # A detector per call: creating one is cheap, and sharing one across threads is not safe.
+    keypoints, descriptors = cv2.SIFT_create(nfeatures=MAX_FEATURES).detectAndCompute(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), None)
     return np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors
 
 
 def match_objects(gen: np.ndarray, gt: np.ndarray, gt_segments: list[Segment]) -> MatchReport:
     """Each ground-truth object (or the whole ground truth when it has no separable objects) found
     again in the generated image (see the module docstring)."""
-    import cv2
-
     gen_pts, gen_desc = _features(gen)
     gt_pts, gt_desc = _features(gt)
     report = MatchReport(gt_keypoints=len(gt_pts), gen_keypoints=len(gen_pts))
@@ -346,8 +343,6 @@ def _centre(mask: np.ndarray) -> tuple[float, float]:
 
 
 def _match_one(region, inside, pairs, gt_pts, gen_pts, gen_lab, gt_lab) -> ObjectMatch:
-    import cv2
-
     missing = ObjectMatch(len(inside), 0, 0.0, _centre(region))
     if len(pairs) < MIN_INLIERS:
         return missing
@@ -386,8 +381,6 @@ def _match_one(region, inside, pairs, gt_pts, gen_pts, gen_lab, gt_lab) -> Objec
 def _colour_agreement(gen_lab: np.ndarray, gt_lab: np.ndarray, model: np.ndarray, region: np.ndarray) -> float:
     """Share of `region` (the matched part of a ground-truth object) whose colours the aligned
     generated image reproduces."""
-    import cv2
-
     h, w = gt_lab.shape[:2]
     warped = cv2.warpAffine(gen_lab, model, (w, h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=(-1000.0, 0.0, 0.0))
@@ -409,8 +402,6 @@ def count_objects(bgr: np.ndarray, ignore_boxes: list[list[list[float]]] | None 
 # ---------------------------------------------------------------------------------- aesthetics
 
 def image_stats(bgr: np.ndarray) -> dict[str, float]:
-    import cv2
-
     grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     luminance = grey.astype(np.float32) / 255.0
     b, g, r = (bgr[..., i].astype(np.float32) for i in range(3))
@@ -431,9 +422,11 @@ def image_stats(bgr: np.ndarray) -> dict[str, float]:
 def aesthetic_defects(gen: dict[str, float], gt: dict[str, float]) -> list[str]:
     """What makes the generated image worse than the ground truth, statistic by statistic."""
     defects = []
-    if not EXPOSURE_RANGE[0] <= gen["exposure"] <= EXPOSURE_RANGE[1]:
+    washed_out = (gen["exposure"] - gt["exposure"] > EXPOSURE_SHIFT
+                  and gen["contrast"] < WASHED_CONTRAST * gt["contrast"])
+    if not EXPOSURE_RANGE[0] <= gen["exposure"] <= EXPOSURE_RANGE[1] or washed_out:
         defects.append("exposure")
-    if gen["contrast"] < CONTRAST_MIN or gen["contrast"] < CONTRAST_RATIO * gt["contrast"]:
+    if gen["contrast"] < max(CONTRAST_MIN, CONTRAST_RATIO * gt["contrast"]):
         defects.append("contrast")
     if gen["sharpness"] < SHARPNESS_RATIO * gt["sharpness"]:
         defects.append("sharpness")

@@ -171,6 +171,7 @@ class ResultStore:
         if order is not None:
             rank = {item_id: i for i, item_id in enumerate(order)}
             records = dict(sorted(records.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+        self._journal.sync()
         atomic_write_json(self.json_path, list(records.values()))
         self._last_json = time.monotonic()
 

@@ -207,13 +207,14 @@ class LocalGGUFPolicy(Policy):
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 8192,
                  n_threads: int | None = None, constrained: bool = True, prefix_cache: bool = True,
                  tool_schemas: list[dict[str, Any]] | None = None, kv_dir: str | os.PathLike | None = None,
-                 verbose: bool = False):
+                 max_think_chars: int = MAX_THINK_CHARS, verbose: bool = False):
         self.model_path = model_path
         self.n_ctx = int(n_ctx)
         self.n_threads = int(n_threads) if n_threads else (os.cpu_count() or 1)
-        self.constrained = bool(constrained)
-        self.prefix_cache = bool(prefix_cache)
+        self.constrained = _as_bool(constrained)
+        self.prefix_cache = _as_bool(prefix_cache)
         self.kv_dir = Path(kv_dir) if kv_dir else None
+        self.max_think_chars = int(max_think_chars)
         self.verbose = verbose
         self.stats: dict[str, Any] = {}
         self._grammars: dict[bool, str] = {}
@@ -225,12 +226,14 @@ class LocalGGUFPolicy(Policy):
         self._api_key = secrets.token_hex(16)
         self._model_id = ""
         self._resident_prefix: str | None = None      # key of the prefix now at the slot's start
+        self._prefix_keys: dict[str, tuple[str, str]] = {}   # system prompt -> (key, template text)
 
     # -- configuration ----------------------------------------------------------------------
     def set_tools(self, schemas: list[dict[str, Any]]) -> None:
         """Constrain tool calls to these tools (the agent passes `[tool.schema() for tool in tools]`)."""
         self._tool_schemas = list(schemas)
-        self._grammars = {answer_only: grammar_for_tools(self._tool_schemas, answer_only=answer_only)
+        self._grammars = {answer_only: grammar_for_tools(self._tool_schemas, answer_only=answer_only,
+                                                         max_think_chars=self.max_think_chars)
                           for answer_only in (False, True)}
 
     def grammar(self, answer_only: bool = False) -> str:
@@ -305,6 +308,8 @@ class LocalGGUFPolicy(Policy):
             self._load_locked()
             if self.prefix_cache and messages[0].get("role") == "system":
                 self._ensure_prefix(str(messages[0].get("content") or ""))
+            else:
+                self._resident_prefix = None       # this request overwrites the slot's start
             body: dict[str, Any] = {
                 "messages": messages, "max_tokens": sampling.max_tokens,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "cache_prompt": True,
@@ -317,14 +322,20 @@ class LocalGGUFPolicy(Policy):
                 body["logprobs"] = True
             if self.constrained:
                 body["grammar"] = self._grammars[_wants_answer_only(messages)]
-            result = self._server.handle_chat_completions(body)
+            try:
+                result = self._server.handle_chat_completions(body)
+            except Exception as exc:            # the binding raises on malformed requests
+                raise PolicyError(f"local policy: llama.cpp rejected the request: {exc}") from None
         return _reply_from(result)
 
     # -- the system-prompt prefix -----------------------------------------------------------
     def _ensure_prefix(self, system_prompt: str) -> None:
         """Make the slot's KV cache start with this system prompt: restore from disk, or prefill once."""
-        prefix = self._template_prefix(system_prompt)
-        key = hashlib.sha256(f"{self._model_id}\n{self.n_ctx}\n{prefix}".encode()).hexdigest()[:40]
+        if system_prompt not in self._prefix_keys:
+            prefix = self._template_prefix(system_prompt)
+            key = hashlib.sha256(f"{self._model_id}\n{self.n_ctx}\n{prefix}".encode()).hexdigest()[:40]
+            self._prefix_keys = {**dict(list(self._prefix_keys.items())[-7:]), system_prompt: (key, prefix)}
+        key, prefix = self._prefix_keys[system_prompt]
         if key == self._resident_prefix:
             return                     # already at the slot's start; llama.cpp reuses it by itself
         file = self.kv_dir / f"prefix-{key}.bin"
@@ -394,6 +405,13 @@ class LocalGGUFPolicy(Policy):
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+
+def _as_bool(value: Any) -> bool:
+    """Options may arrive as strings from flags, env or TOML ("false", "0", "no")."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)
 
 
 def _error_text(result: Any) -> str:

@@ -18,6 +18,13 @@ from typing import Any, Callable
 Script = list[str] | Callable[[dict[str, Any]], str]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The listen backlog is fixed when the socket opens; the default of 5 drops connections
+    # (and clients retry them a second later) as soon as dozens of chats start at once.
+    request_queue_size = 512
+
+
 class FakeChatServer:
     def __init__(self, script: Script, *, delay_s: float = 0.0, fail_first: int = 0, fail_status: int = 500,
                  raw_reply: bytes | None = None):
@@ -76,9 +83,7 @@ class FakeChatServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 256
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
