@@ -10,7 +10,8 @@ different seed), the way an agent's program differs from the ground-truth progra
     text_accuracy       the required text vs a different phrase, or the same phrase misspelt with
                         at least max(2, 15%) of its letters changed
     faithfulness        the right count vs one more or one fewer; the right left/right or
-                        above/below order vs the swapped one
+                        above/below order vs the swapped one (two objects, or one object in two
+                        colours)
     aesthetics          a clean render vs the same render degraded (blur, haze, too dark, blown out)
 
 A pair is won when the right candidate gets the higher grade. Grades are on {0, .5, 1}, so ties
@@ -35,7 +36,8 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genevolve.data.offline_bench import COLOUR_VARIANTS, HIDDEN_SUBJECTS, NAMED_SUBJECTS, country_flags  # noqa: E402
+from genevolve.data.offline_bench import (COLOUR_VARIANTS, HIDDEN_SUBJECTS, NAMED_SUBJECTS, Subject,  # noqa: E402
+                                          country_flags)
 from genevolve.generators.offline import OfflineRenderer  # noqa: E402
 from genevolve.judges.offline import judge_images  # noqa: E402
 from genevolve.program import Program, Reference  # noqa: E402
@@ -166,7 +168,11 @@ def build_pairs(scene: Scene, n: int, rng: random.Random) -> list[Pair]:
                               scene.render(f"{wrong_k} {s.plural} from the first reference image{tail}.",
                                            [s.library_id], seed)))
         else:
-            a, b = rng.sample(named, 2)
+            if i % 2:                                   # two named things, or one thing in two colours
+                a, b = rng.sample(named, 2)
+            else:
+                kind = rng.choice(sorted(COLOUR_VARIANTS))
+                a, b = (Subject(e, f"{c} {kind}", "", "") for c, e in rng.sample(COLOUR_VARIANTS[kind], 2))
             vertical = rng.random() < 0.4
             first, second = ("at the top", "at the bottom") if vertical else ("on the left", "on the right")
             relation = {"above": a.noun, "below": b.noun} if vertical else {"left": a.noun, "right": b.noun}

@@ -134,8 +134,10 @@ def test_final_round_gets_an_answer(policy):
                                          '{"skill_name": "aesthetic_drawing"}}</tool_call>'},
         {"role": "user", "content": protocol.tool_response("Use soft washes and a muted palette.")},
         {"role": "user", "content": protocol.FINAL_STEP_MESSAGE}]
-    reply = policy.chat_blocking(messages, SAMPLING)
+    reply = policy.chat_blocking(messages, Sampling(temperature=0.0, max_tokens=320, seed=0, logprobs=True))
     assert _assert_one_protocol_action(reply.text).kind == "answer"
+    assert reply.logprobs and len(reply.logprobs) == reply.completion_tokens
+    assert all(lp <= 0.0 for lp in reply.logprobs)
 
 
 SHORT_SYSTEM = ("You plan images. Reply with <think>reasoning</think> and then either "

@@ -102,6 +102,24 @@ def test_swapped_relation_loses_faithfulness(draw):
     assert kept.scores["faithfulness"] > swapped.scores["faithfulness"]
 
 
+def test_plain_objects_are_matched_by_colour(draw):
+    """Coloured squares have almost no keypoints: colour decides identity and position."""
+    blue, red, yellow = "emoji-1f7e6", "emoji-1f7e5", "emoji-1f7e8"
+    prompt = "The {} square from the first reference image on the {} and the {} square from the second reference image on the {}."
+    gt = draw(prompt.format("blue", "left", "red", "right"), [blue, red])
+    meta = {"relation": {"left": "blue square", "right": "red square"}}
+    kept = judge_images("Blue left, red right.", draw(prompt.format("blue", "left", "red", "right") + " Teal backdrop.",
+                                                      [blue, red], 6), gt, meta)
+    swapped = judge_images("Blue left, red right.", draw(prompt.format("red", "left", "blue", "right"), [red, blue], 6),
+                           gt, meta)
+    recoloured = judge_images("Blue left, red right.", draw(prompt.format("yellow", "left", "red", "right"),
+                                                            [yellow, red], 6), gt, meta)
+    assert kept.extra["checks"]["relation"] is True and kept.scores["faithfulness"] == 1.0
+    assert swapped.extra["checks"]["relation"] is False
+    assert recoloured.extra["visual"]["similarity"] < kept.extra["visual"]["similarity"]
+    assert recoloured.scores["faithfulness"] < kept.scores["faithfulness"]
+
+
 def test_aesthetics_marks_degraded_images(draw, tmp_path):
     gt = draw("The elephant from the first reference image, centered.", [ELEPHANT])
     clean = draw("The elephant from the first reference image on the left.", [ELEPHANT], 4)

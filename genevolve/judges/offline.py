@@ -7,9 +7,9 @@ dimension is graded on {0, 0.5, 1} with the thresholds below; the raw measuremen
 offline_judge_calibration.py` measures how often it ranks a right image above a wrong one.
 
 Objects. Many ground truths (and all of the offline renderer's) show objects on a plain or
-  gradient backdrop; the backdrop is a plane fitted per CIELAB channel to the image border, and
-  what differs from it (cast shadows aside) splits into connected objects. A busy picture (a
-  photo) has no backdrop and is treated as one object.
+  gradient backdrop; the backdrop is a plane per colour channel fitted to the image border, and
+  what differs from it by more than BG_DELTA_E (cast shadows aside) splits into connected
+  objects. A busy picture (a photo) has no backdrop and is treated as one object.
 visual_correctness: is each ground-truth object in the generated image, with its colours? SIFT
   keypoints of the object are matched to the generated image (every generated keypoint nearly as
   close as the best counts, so a repeated object can match any copy), and RANSAC fits one
@@ -21,8 +21,9 @@ visual_correctness: is each ground-truth object in the generated image, with its
   Ireland; the generated image is therefore warped onto the ground truth and the share of the
   matched region whose colour is within COLOUR_DELTA_E (CIE76) is the object's agreement. An
   object counts when >= MIN_INLIERS keypoints fit and agreement >= MIN_AGREEMENT; its coverage is
-  inliers x agreement / its keypoints. similarity = mean coverage over objects; >= VISUAL_FULL
-  -> 1, >= VISUAL_HALF -> 0.5, else 0.
+  inliers x agreement / its keypoints. Objects too plain for keypoints (a coloured square) are
+  compared by chroma-weighted colour histograms instead, worth at most COLOUR_ONLY_WEIGHT.
+  similarity = mean coverage over objects; >= VISUAL_FULL -> 1, >= VISUAL_HALF -> 0.5, else 0.
 text_accuracy: RapidOCR reads the generated image; each required string (meta `required_texts`,
   else every double-quoted string of the request) is looked for in the OCR lines by approximate
   substring matching over letters and digits (case and spaces ignored: OCR drops spaces). With d
@@ -64,13 +65,16 @@ WORK_SIDE = 512                 # images are compared at this long side
 MAX_FEATURES = 2000
 CANDIDATES, CANDIDATE_SLACK = 6, 1.25   # generated keypoints tried per ground-truth keypoint
 MIN_INLIERS = 6                 # fewer matches than this are not an object
-MIN_OBJECT_KEYPOINTS = 12       # smaller ground-truth objects are not matched on their own
+MIN_OBJECT_KEYPOINTS = 12       # objects with fewer keypoints are too plain to match by features
 RANSAC_PX = 4.0
 RANSAC_TRIES = 4
 MIN_SCALE, MAX_SCALE = 0.15, 6.0
 COLOUR_DELTA_E = 15.0           # CIE76 distance at which two colours still count as the same
 MIN_AGREEMENT = 0.75            # an aligned object agreeing less than this is a different object
 VISUAL_FULL, VISUAL_HALF = 0.22, 0.08
+HIST_BINS = (6, 8, 8)           # CIELAB colour histogram of plain objects
+COLOUR_FOUND = 0.7              # histogram overlap at which a plain object counts as present
+COLOUR_ONLY_WEIGHT = 0.25       # colours alone reach VISUAL_FULL only at an overlap of 0.88
 # text_accuracy / faithfulness text presence
 TEXT_FULL, TEXT_HALF, TEXT_PRESENT = 0.10, 0.30, 0.50
 OCR_MIN_CONFIDENCE = 0.5
@@ -86,7 +90,7 @@ MIN_OBJECT_AREA = 0.002         # share of the image
 OBJECT_AREA_RATIO = 0.3         # a part smaller than this share of the median object is debris
 # aesthetics
 EXPOSURE_RANGE = (0.08, 0.92)   # mean luminance of a usable picture
-EXPOSURE_SHIFT, WASHED_CONTRAST = 0.25, 0.7   # brighter than the GT by this much with less contrast: washed out
+EXPOSURE_SHIFT, WASHED_CONTRAST = 0.25, 0.8   # brighter than the GT by this much with less contrast: washed out
 CONTRAST_MIN, CONTRAST_RATIO = 0.05, 0.5
 SHARPNESS_RATIO = 0.6           # edges less than this share as steep as the GT's: blurred
 COLOUR_RATIO, COLOURFUL_GT = 0.35, 20.0
@@ -206,38 +210,47 @@ class Segment:
     area: int
 
 
-def backdrop_lab(lab: np.ndarray) -> tuple[np.ndarray, float]:
-    """The backdrop as a plane per CIELAB channel fitted to a band along the image border, and the
-    share of that band it explains.
+def _lab_of(rgb01: np.ndarray) -> np.ndarray:
+    shape = rgb01.shape
+    flat = np.clip(rgb01, 0, 1).astype(np.float32).reshape(-1, 1, 3)
+    return cv2.cvtColor(flat, cv2.COLOR_BGR2LAB).reshape(shape)
 
-    A plane (a + b·x + c·y) covers plain and linear-gradient backdrops; two robust passes drop
-    border pixels that belong to objects touching the edge."""
-    h, w = lab.shape[:2]
+
+def backdrop_lab(bgr: np.ndarray) -> tuple[np.ndarray, float]:
+    """The backdrop in CIELAB, as a plane per colour channel fitted to a band along the image
+    border, and the share of that band it explains.
+
+    A plane (a + b·x + c·y) fitted in RGB covers plain backdrops and the linear gradients that
+    renderers draw (a gradient between two distant colours is not planar in CIELAB); two robust
+    passes drop border pixels that belong to objects touching the edge."""
+    h, w = bgr.shape[:2]
     band = max(2, min(h, w) // 150)             # thin: objects often come within a few pixels of the edge
     ys, xs = np.mgrid[0:h, 0:w]
     border = np.zeros((h, w), bool)
     border[:band], border[-band:], border[:, :band], border[:, -band:] = True, True, True, True
     design = np.stack([np.ones(border.sum()), xs[border] / w, ys[border] / h], axis=1)
-    values = lab[border].astype(np.float64)
+    colours = cv2.GaussianBlur(bgr, (5, 5), 0).astype(np.float64) / 255.0
+    values, values_lab = colours[border], _lab_of(colours[border])
     keep = np.ones(len(values), bool)
     for _ in range(2):
         coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-        residual = np.linalg.norm(design @ coef - values, axis=1)
+        residual = np.linalg.norm(_lab_of(design @ coef) - values_lab, axis=1)
         keep = residual <= max(BG_DELTA_E / 2, np.percentile(residual, 40))
     explained = float((residual <= BG_DELTA_E).mean())
     full = np.stack([np.ones(h * w), xs.ravel() / w, ys.ravel() / h], axis=1)
-    return (full @ coef).reshape(h, w, 3).astype(np.float32), explained
+    return _lab_of((full @ coef).reshape(h, w, 3)), explained
 
 
-def segment_objects(lab: np.ndarray, ignore_boxes: list[list[list[float]]] | None = None) -> list[Segment]:
+def segment_objects(bgr: np.ndarray, ignore_boxes: list[list[list[float]]] | None = None) -> list[Segment]:
     """Separate objects on a plain or gradient backdrop, largest first; [] when the backdrop is busy.
 
     A pixel is foreground when its colour differs from the backdrop by more than BG_DELTA_E, except
     a pixel of the backdrop's hue that is only darker (down to SHADOW_DEPTH of its lightness): that
     is a cast shadow. Components smaller than OBJECT_AREA_RATIO of a typical object are debris. The
     `ignore_boxes` (text lines found by OCR) are blanked first, so a caption is not an object."""
-    h, w = lab.shape[:2]
-    backdrop, explained = backdrop_lab(lab)
+    h, w = bgr.shape[:2]
+    backdrop, explained = backdrop_lab(bgr)
+    lab = to_lab(bgr)
     if explained < MIN_BACKDROP_SHARE:           # a photo or a busy scene: no backdrop to stand out from
         return []
     residual = np.linalg.norm(lab - backdrop, axis=2)
@@ -276,15 +289,23 @@ class ObjectMatch:
     agreement: float                     # share of the aligned object with the same colours
     gt_centre: tuple[float, float]       # as shares of the ground truth's width and height
     gen_centre: tuple[float, float] | None = None
+    colour_match: float = 0.0            # plain objects only: colour-histogram overlap
 
     @property
     def verified(self) -> bool:
         return self.inliers >= MIN_INLIERS and self.agreement >= MIN_AGREEMENT
 
     @property
+    def found(self) -> bool:
+        return self.verified or self.colour_match >= COLOUR_FOUND
+
+    @property
     def coverage(self) -> float:
-        """Share of the object's keypoints reproduced, weighted by colour agreement."""
-        return self.inliers * self.agreement / self.keypoints if self.verified else 0.0
+        """Share of the object's keypoints reproduced, weighted by colour agreement; colours
+        alone (plain objects) earn at most COLOUR_ONLY_WEIGHT."""
+        if self.verified:
+            return self.inliers * self.agreement / self.keypoints
+        return COLOUR_ONLY_WEIGHT * self.colour_match if self.found else 0.0
 
 
 @dataclass
@@ -294,8 +315,8 @@ class MatchReport:
     objects: list[ObjectMatch] = field(default_factory=list)
 
     @property
-    def verified(self) -> list[ObjectMatch]:
-        return [o for o in self.objects if o.verified]
+    def found(self) -> list[ObjectMatch]:
+        return [o for o in self.objects if o.found]
 
     @property
     def similarity(self) -> float:
@@ -309,31 +330,31 @@ def _features(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors
 
 
-def match_objects(gen: np.ndarray, gt: np.ndarray, gt_segments: list[Segment]) -> MatchReport:
-    """Each ground-truth object (or the whole ground truth when it has no separable objects) found
-    again in the generated image (see the module docstring)."""
+def match_objects(gen: np.ndarray, gt: np.ndarray, gt_segments: list[Segment],
+                  gen_segments: list[Segment]) -> MatchReport:
+    """Each ground-truth object (or the whole ground truth when it has no separable objects) looked
+    for in the generated image (see the module docstring)."""
     gen_pts, gen_desc = _features(gen)
     gt_pts, gt_desc = _features(gt)
     report = MatchReport(gt_keypoints=len(gt_pts), gen_keypoints=len(gen_pts))
-    if gt_desc is None or len(gt_pts) < MIN_INLIERS:
-        return report
-    h, w = gt.shape[:2]
-    ix, iy = np.clip(gt_pts[:, 0].astype(int), 0, w - 1), np.clip(gt_pts[:, 1].astype(int), 0, h - 1)
-    regions = [s.mask for s in gt_segments if s.mask[iy, ix].sum() >= MIN_OBJECT_KEYPOINTS]
-    if not regions:
-        regions = [np.ones((h, w), bool)]
-    if gen_desc is None or len(gen_pts) < MIN_INLIERS:
-        report.objects = [ObjectMatch(int(r[iy, ix].sum()), 0, 0.0, _centre(r)) for r in regions]
-        return report
-    # Every generated keypoint nearly as close as the best one is a candidate, so an object the
-    # generated image repeats (a counted group) can be matched to any one of its copies.
-    neighbours = cv2.BFMatcher(cv2.NORM_L2).knnMatch(gt_desc, gen_desc, k=min(CANDIDATES, len(gen_pts)))
+    neighbours = None
+    if gt_desc is not None and gen_desc is not None and min(len(gt_pts), len(gen_pts)) >= MIN_INLIERS:
+        # Every generated keypoint nearly as close as the best one is a candidate, so an object the
+        # generated image repeats (a counted group) can be matched to any one of its copies.
+        neighbours = cv2.BFMatcher(cv2.NORM_L2).knnMatch(gt_desc, gen_desc, k=min(CANDIDATES, len(gen_pts)))
     gen_lab, gt_lab = to_lab(gen), to_lab(gt)
-    for region in regions:
-        inside = np.flatnonzero(region[iy, ix])
-        pairs = [(q, m.trainIdx) for q in inside for m in neighbours[q]
-                 if m.distance <= CANDIDATE_SLACK * neighbours[q][0].distance]
-        report.objects.append(_match_one(region, inside, pairs, gt_pts, gen_pts, gen_lab, gt_lab))
+    gen_areas = [(m, _histogram(gen, m), _keypoints_in(gen_pts, m))
+                 for m in ([g.mask for g in gen_segments] or [np.ones(gen.shape[:2], bool)])]
+    for region in [s.mask for s in gt_segments] or [np.ones(gt.shape[:2], bool)]:
+        inside = np.flatnonzero(_keypoints_in(gt_pts, region, as_mask=True))
+        match = ObjectMatch(len(inside), 0, 0.0, _centre(region))
+        if neighbours is not None and len(inside) >= MIN_INLIERS:
+            pairs = [(q, m.trainIdx) for q in inside for m in neighbours[q]
+                     if m.distance <= CANDIDATE_SLACK * neighbours[q][0].distance]
+            match = _match_one(match, region, pairs, gt_pts, gen_pts, gen_lab, gt_lab)
+        if match.inliers == 0:
+            _match_colours(match, _histogram(gt, region), gen_areas)
+        report.objects.append(match)
     return report
 
 
@@ -342,8 +363,41 @@ def _centre(mask: np.ndarray) -> tuple[float, float]:
     return (float(xs.mean() / mask.shape[1]), float(ys.mean() / mask.shape[0]))
 
 
-def _match_one(region, inside, pairs, gt_pts, gen_pts, gen_lab, gt_lab) -> ObjectMatch:
-    missing = ObjectMatch(len(inside), 0, 0.0, _centre(region))
+def _keypoints_in(points: np.ndarray, mask: np.ndarray, as_mask: bool = False):
+    if len(points) == 0:
+        return np.zeros(0, bool) if as_mask else 0
+    h, w = mask.shape
+    hit = mask[np.clip(points[:, 1].astype(int), 0, h - 1), np.clip(points[:, 0].astype(int), 0, w - 1)]
+    return hit if as_mask else int(hit.sum())
+
+
+def _histogram(bgr: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """CIELAB histogram of the masked pixels, each weighted by its chroma, so that the colour of
+    a plain object counts and its white or grey surroundings do not (all-neutral objects fall
+    back to plain counts)."""
+    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)[mask].astype(np.int32)
+    bins = np.array(HIST_BINS)
+    index = np.ravel_multi_index(tuple((lab * bins // 256).T), HIST_BINS)
+    weight = np.clip(np.hypot(lab[:, 1] - 128, lab[:, 2] - 128) / 20.0, 0.0, 1.0)
+    if weight.sum() < 0.05 * len(weight):
+        weight = np.ones(len(weight))
+    hist = np.bincount(index, weights=weight, minlength=int(bins.prod()))
+    return hist / max(1e-9, float(hist.sum()))
+
+
+def _match_colours(match: ObjectMatch, hist: np.ndarray, gen_areas) -> None:
+    """For objects too plain for keypoints (a coloured square): the generated object (or image)
+    whose colour histogram overlaps the ground-truth object's most, when it is plain too."""
+    scored = [(float(np.minimum(hist, h).sum()), mask, n) for mask, h, n in gen_areas]
+    overlap, mask, n = max(scored, key=lambda t: t[0])
+    if match.keypoints >= MIN_OBJECT_KEYPOINTS and n >= MIN_OBJECT_KEYPOINTS:
+        return                      # both sides have texture and still no geometric match: a different object
+    match.colour_match = round(overlap, 3)
+    if match.found:
+        match.gen_centre = _centre(mask)
+
+
+def _match_one(missing: ObjectMatch, region, pairs, gt_pts, gen_pts, gen_lab, gt_lab) -> ObjectMatch:
     if len(pairs) < MIN_INLIERS:
         return missing
     src = np.float32([gen_pts[j] for _, j in pairs])
@@ -374,7 +428,7 @@ def _match_one(region, inside, pairs, gt_pts, gen_pts, gen_lab, gt_lab) -> Objec
     agreement = _colour_agreement(gen_lab, gt_lab, model, region & (hull > 0))
     gh, gw = gen_lab.shape[:2]
     centre = src[inlier].mean(axis=0)
-    return ObjectMatch(len(inside), explained, round(agreement, 3), _centre(region),
+    return ObjectMatch(missing.keypoints, explained, round(agreement, 3), missing.gt_centre,
                        (float(centre[0] / gw), float(centre[1] / gh)))
 
 
@@ -396,7 +450,7 @@ def grade_visual(similarity: float) -> float:
 
 
 def count_objects(bgr: np.ndarray, ignore_boxes: list[list[list[float]]] | None = None) -> int:
-    return len(segment_objects(to_lab(bgr), ignore_boxes))
+    return len(segment_objects(bgr, ignore_boxes))
 
 
 # ---------------------------------------------------------------------------------- aesthetics
@@ -474,13 +528,13 @@ def judge_images(request: str, generated_image: str | Path, gt_image: str | Path
     extra: dict[str, Any] = {}
     checks: dict[str, bool] = {}
 
-    report = match_objects(gen, gt, segment_objects(to_lab(gt)))
+    report = match_objects(gen, gt, segment_objects(gt), segment_objects(gen))
     extra["visual"] = {"similarity": round(report.similarity, 4), "gt_keypoints": report.gt_keypoints,
                        "gen_keypoints": report.gen_keypoints,
                        "objects": [o.__dict__ for o in report.objects]}
     visual = grade_visual(report.similarity)
     if report.objects:
-        checks["subjects"] = 2 * len(report.verified) >= len(report.objects)
+        checks["subjects"] = 2 * len(report.found) >= len(report.objects)
 
     texts = required_texts(request, meta)
     text_na = not texts
@@ -508,7 +562,7 @@ def judge_images(request: str, generated_image: str | Path, gt_image: str | Path
         extra["count"] = {"expected": int(expected), "found": counted}
         checks["count"] = counted == int(expected)
     if meta.get("relation"):
-        checks["relation"] = relation_kept(report.verified)
+        checks["relation"] = relation_kept(report.found)
 
     extra["checks"] = checks
     faithfulness = grade_share(sum(checks.values()), len(checks))

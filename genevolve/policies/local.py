@@ -215,7 +215,7 @@ class LocalGGUFPolicy(Policy):
         self.prefix_cache = _as_bool(prefix_cache)
         self.kv_dir = Path(kv_dir) if kv_dir else None
         self.max_think_chars = int(max_think_chars)
-        self.verbose = verbose
+        self.verbose = _as_bool(verbose)
         self.stats: dict[str, Any] = {}
         self._grammars: dict[bool, str] = {}
         self._tool_schemas: list[dict[str, Any]] = []
@@ -254,9 +254,10 @@ class LocalGGUFPolicy(Policy):
         except ModelError as exc:
             raise PolicyError(f"local policy: {exc}") from None
         # llama.cpp's OpenMP threads spin while they wait. On a shared or busy CPU a spinning
-        # thread steals the core its peer needs: measured here under load, decoding ran 3-4x
-        # slower with spinning. Passive waiting costs little on an idle machine. Set
-        # OMP_WAIT_POLICY=ACTIVE to override; it must be set before llama.cpp is loaded.
+        # thread steals the core its peer needs: on 2 cores at load average ~6, decoding ran at
+        # 0.5-0.7 tok/s spinning and 5 tok/s waiting passively (prefill speed unchanged, model
+        # load 9.5 s vs 3.7 s). Set OMP_WAIT_POLICY=ACTIVE to override; it is read when
+        # llama.cpp's OpenMP runtime loads, so it must be set before the first model load.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import xllamacpp
@@ -350,8 +351,11 @@ class LocalGGUFPolicy(Policy):
                 return
             except PolicyError:
                 file.unlink(missing_ok=True)          # stale or corrupt: rebuild it below
-        result = self._server.handle_completions(
-            {"prompt": prefix, "max_tokens": 1, "temperature": 0.0, "cache_prompt": True})
+        try:
+            result = self._server.handle_completions(
+                {"prompt": prefix, "max_tokens": 1, "temperature": 0.0, "cache_prompt": True})
+        except Exception as exc:
+            result = {"error": {"message": str(exc)}}
         if not isinstance(result, dict) or "error" in result:
             raise PolicyError(f"local policy: prefilling the system prompt failed: {_error_text(result)}")
         timings = result.get("timings") or {}
