@@ -203,3 +203,24 @@ def test_empty_request_is_an_error_record(tools):
     with FakeChatServer([answer("x", [])]) as server:
         traj = run(server, tools, request="   ")
     assert traj.termination == ERROR and "empty" in traj.error and server.requests == []
+
+
+@pytest.mark.parametrize("style", ["llama.cpp", "vllm"])
+def test_remote_grammar_is_sent_and_narrows_on_the_last_round(tools, style):
+    def script(body):
+        return tool_call("query_knowledge", {"skill_name": "text_rendering"})
+    with FakeChatServer(script) as server:
+        traj = run(server, tools, AgentConfig(max_rounds=2), grammar=style)
+    assert traj.termination == MAX_ROUNDS
+
+    def grammar_of(body):
+        return body["grammar"] if style == "llama.cpp" else body["structured_outputs"]["grammar"]
+    first, last = (grammar_of(b) for b in server.requests)
+    assert "<tool_call>" in first and '\\"query_knowledge\\"' in first and "<answer>" in first
+    assert "<tool_call>" not in last and "<answer>" in last        # tools are forbidden on the last round
+
+
+def test_no_grammar_field_by_default(tools):
+    with FakeChatServer([answer("x", [])]) as server:
+        run(server, tools)
+    assert "grammar" not in server.requests[0] and "structured_outputs" not in server.requests[0]

@@ -14,7 +14,8 @@ from genevolve import protocol
 from genevolve.models import GGUF_MAGIC, model_status
 from genevolve.policies import make_policy
 from genevolve.policies.base import PolicyError, Sampling
-from genevolve.policies.local import LocalGGUFPolicy, _wants_answer_only, grammar_for_tools
+from genevolve.policies.grammar import grammar_for_tools, wants_answer_only
+from genevolve.policies.local import LocalGGUFPolicy
 from genevolve.tools import ImageSearchTool, KnowledgeTool, SearchTool
 from genevolve.tools.base import validate_arguments
 from genevolve.tools.knowledge import SKILL_NAMES
@@ -50,10 +51,10 @@ def test_grammar_rejects_schema_it_cannot_express():
 
 def test_final_round_and_spent_budget_ask_for_answer_only():
     base = [{"role": "system", "content": "s"}, {"role": "user", "content": "draw a cat"}]
-    assert not _wants_answer_only(base)
-    assert _wants_answer_only(base + [{"role": "user", "content": protocol.FINAL_STEP_MESSAGE}])
+    assert not wants_answer_only(base)
+    assert wants_answer_only(base + [{"role": "user", "content": protocol.FINAL_STEP_MESSAGE}])
     spent = protocol.tool_response(protocol.BUDGET_EXHAUSTED_MESSAGE.format(n=10))
-    assert _wants_answer_only(base + [{"role": "user", "content": spent}])
+    assert wants_answer_only(base + [{"role": "user", "content": spent}])
 
 
 def test_construction_is_cheap_and_registered():

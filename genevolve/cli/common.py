@@ -26,8 +26,13 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--script", default=None, help="JSON list of assistant turns for --policy scripted")
     g.add_argument("--no-grammar", action="store_true",
                    help="turn off constrained decoding of the protocol (local policy)")
-    g.add_argument("--grammar", action="store_true",
-                   help="constrain a remote policy's output to the protocol (servers that accept a grammar)")
+    g.add_argument("--grammar", choices=["llama.cpp", "vllm"], default=None,
+                   help="constrain a remote policy's output to the protocol grammar, sent in the field "
+                        "this kind of server reads (off by default for remote policies)")
+    g.add_argument("--n-ctx", type=int, default=None, help="context size of the local policy (default 8192)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads of the local policy (default: all)")
+    g.add_argument("--no-prefix-cache", action="store_true",
+                   help="do not save/restore the local policy's system-prompt KV cache on disk")
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--max-tokens", type=int, default=None, help="tokens per turn")
@@ -90,11 +95,15 @@ def build_policy(args: argparse.Namespace):
     if name == "openai":
         return make_policy("openai", base_url=base_url,
                            model=setting(args.model, "GENEVOLVE_MODEL", "policy", "model"),
-                           api_key=args.api_key)
+                           api_key=args.api_key, grammar=setting(args.grammar, None, "policy", "grammar"))
     if name == "local":
-        return make_policy("local", model_path=setting(args.model_path, "GENEVOLVE_MODEL_PATH", "policy",
-                                                       "model_path"),
-                           constrained=not args.no_grammar)
+        options = {"model_path": setting(args.model_path, "GENEVOLVE_MODEL_PATH", "policy", "model_path"),
+                   "constrained": not args.no_grammar, "prefix_cache": not args.no_prefix_cache}
+        for key, value in (("n_ctx", args.n_ctx), ("n_threads", args.threads)):
+            value = setting(value, None, "policy", key)
+            if value is not None:
+                options[key] = value
+        return make_policy("local", **options)
     if name == "scripted":
         if not args.script:
             raise SystemExit("--policy scripted needs --script FILE (a JSON list of assistant turns)")

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
-import re
 import secrets
 import threading
 import time
@@ -29,168 +27,9 @@ from typing import Any
 
 from ..config import cache_dir
 from .base import Policy, PolicyError, PolicyReply, Sampling
+from .grammar import MAX_THINK_CHARS, grammar_for_tools, protocol_tool_schemas, wants_answer_only
 
-MAX_THINK_CHARS = 600          # a 1.5B model left unbounded can think until the context is full
-MAX_STRING_CHARS = 300         # default cap for a JSON string the schema does not bound
-MAX_GEN_PROMPT_CHARS = 2000
-MAX_NOTE_CHARS = 200
-MAX_REFERENCES = 2             # protocol.MAX_REFERENCES; the runtime truncates to it anyway
 KV_FILES_KEPT = 16             # saved system-prompt prefixes kept on disk (about 30-60 MB each)
-
-
-# =========================================================================== grammar
-
-def _literal(text: str) -> str:
-    """A GBNF string literal matching `text` exactly."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def _json_literal(value: Any) -> str:
-    """A GBNF literal for the JSON encoding of `value` (used for keys and enum members)."""
-    return _literal(json.dumps(value, ensure_ascii=False))
-
-
-class _GrammarBuilder:
-    """Collects named GBNF rules; schema nodes become rules named after where they sit."""
-
-    BASE_RULES = {
-        "ws": '" "?',
-        "char": r'[^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
-        "integer": '"-"? ([0-9] | [1-9] [0-9]{1,15})',
-        "number": '"-"? ([0-9] | [1-9] [0-9]{1,15}) ("." [0-9]{1,15})? ([eE] [-+]? [0-9]{1,3})?',
-        "boolean": '"true" | "false"',
-    }
-
-    def __init__(self) -> None:
-        self.rules: dict[str, str] = dict(self.BASE_RULES)
-
-    def add(self, name: str, body: str) -> str:
-        name = re.sub(r"[^a-zA-Z0-9-]+", "-", name).strip("-").lower() or "rule"
-        unique, n = name, 2
-        while unique in self.rules and self.rules[unique] != body:
-            unique, n = f"{name}-{n}", n + 1
-        self.rules[unique] = body
-        return unique
-
-    def string(self, name: str, min_len: int = 0, max_len: int = MAX_STRING_CHARS) -> str:
-        return self.add(name, f'"\\"" char{{{min_len},{max_len}}} "\\""')
-
-    def object(self, name: str, props: list[tuple[str, str, bool]]) -> str:
-        """An object whose keys come in the given order; optional ones may be left out.
-
-        `props` holds (key, value rule, required). Required keys come first so that commas
-        stay simple; JSON does not care about key order.
-        """
-        required = [(k, r) for k, r, req in props if req]
-        optional = [(k, r) for k, r, req in props if not req]
-        pair = lambda k, r: f'{_json_literal(k)} ws ":" ws {r}'     # noqa: E731
-        if required:
-            body = ' ws "," ws '.join(pair(k, r) for k, r in required)
-            body += "".join(f' (ws "," ws {pair(k, r)})?' for k, r in optional)
-        elif optional:
-            # any non-empty subset in order: start at key i, then each later key optionally
-            starts = []
-            for i, (k, r) in enumerate(optional):
-                tail = "".join(f' (ws "," ws {pair(k2, r2)})?' for k2, r2 in optional[i + 1:])
-                starts.append(f"({pair(k, r)}{tail})")
-            body = "(" + " | ".join(starts) + ")?"
-        else:
-            body = ""
-        return self.add(name, f'"{{" ws {body} ws "}}"' if body else '"{" ws "}"')
-
-    def array(self, name: str, item: str, min_items: int = 0, max_items: int | None = None) -> str:
-        if max_items == 0:
-            return self.add(name, '"[" ws "]"')
-        if max_items == 1:
-            return self.add(name, f'"[" ws {item} ws "]"' if min_items else f'"[" ws {item}? ws "]"')
-        more_min = max(min_items - 1, 0)
-        more = f'(ws "," ws {item}){{{more_min},{max_items - 1}}}' if max_items else \
-            f'(ws "," ws {item}){{{more_min},}}'
-        items = f"{item} {more}"
-        return self.add(name, f'"[" ws {items} ws "]"' if min_items > 0 else f'"[" ws ({items})? ws "]"')
-
-    def schema(self, name: str, spec: dict[str, Any]) -> str:
-        """The rule for a value of the small JSON-schema subset our tools use."""
-        if "enum" in spec:
-            return self.add(name, " | ".join(_json_literal(v) for v in spec["enum"]))
-        kind = spec.get("type")
-        if kind == "string":
-            return self.string(name, int(spec.get("minLength", 0)),
-                               int(spec.get("maxLength", MAX_STRING_CHARS)))
-        if kind == "integer":
-            lo, hi = spec.get("minimum"), spec.get("maximum")
-            if lo is not None and hi is not None and 0 <= hi - lo <= 100:
-                return self.add(name, " | ".join(f'"{v}"' for v in range(int(hi), int(lo) - 1, -1)))
-            return "integer"
-        if kind == "number":
-            return "number"
-        if kind == "boolean":
-            return "boolean"
-        if kind == "array":
-            item = self.schema(f"{name}-item", spec.get("items", {"type": "string"}))
-            return self.array(name, item, int(spec.get("minItems", 0)), spec.get("maxItems"))
-        if kind == "object" or "properties" in spec:
-            required = set(spec.get("required", []))
-            props = [(key, self.schema(f"{name}-{key}", sub), key in required)
-                     for key, sub in spec.get("properties", {}).items()]
-            return self.object(name, props)
-        raise ValueError(f"grammar: unsupported JSON schema at '{name}': {json.dumps(spec)[:120]}")
-
-    def render(self) -> str:
-        order = ["root"] + [n for n in self.rules if n != "root"]
-        return "\n".join(f"{n} ::= {self.rules[n]}" for n in order) + "\n"
-
-
-def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, answer_only: bool = False,
-                      max_think_chars: int = MAX_THINK_CHARS, max_references: int = MAX_REFERENCES) -> str:
-    """A GBNF grammar admitting exactly one protocol turn for these tools.
-
-    `<think>` free text (no '<', at most `max_think_chars`) `</think>`, then either
-    `<tool_call>{"name": TOOL, "arguments": {...}}</tool_call>` with each tool's arguments shaped
-    by its JSON schema, or `<answer>{"gen_prompt": ..., "reference_images": [...]}</answer>`.
-    `answer_only` drops the tool-call branch (the final round, or the tool budget is spent).
-    """
-    g = _GrammarBuilder()
-    branches = []
-    if not answer_only:
-        calls = []
-        for schema in tool_schemas:
-            name = schema["name"]
-            args = g.schema(f"args-{name}", schema.get("parameters") or {"type": "object"})
-            calls.append(g.add(f"call-{name}", f'"{{" ws {_json_literal("name")} ws ":" ws {_json_literal(name)}'
-                                                f' ws "," ws {_json_literal("arguments")} ws ":" ws {args} ws "}}"'))
-        if calls:
-            g.add("tool-call", '"<tool_call>" (' + " | ".join(calls) + ') "</tool_call>"')
-            branches.append("tool-call")
-    img_id = g.add("img-id", '"\\"IMG_" [0-9]{3} "\\""')
-    reference = g.object("reference", [("img_id", img_id, True),
-                                       ("note", g.string("note", 0, MAX_NOTE_CHARS), True)])
-    program = g.object("program", [
-        ("gen_prompt", g.string("gen-prompt", 1, MAX_GEN_PROMPT_CHARS), True),
-        ("reference_images", g.array("references", reference, 0, max_references), True)])
-    g.add("answer", f'"<answer>" {program} "</answer>"')
-    branches.append("answer")
-    g.add("think", f'"<think>" [^<]{{0,{max_think_chars}}} "</think>"')
-    g.add("root", 'think "\\n"? (' + " | ".join(branches) + ")")
-    return g.render()
-
-
-def _protocol_tool_schemas() -> list[dict[str, Any]]:
-    """The three protocol tools' schemas, for a policy used without `set_tools`."""
-    from ..tools import ImageSearchTool, KnowledgeTool, SearchTool
-    return [{"name": c.name, "description": c.description, "parameters": c.parameters}
-            for c in (SearchTool, ImageSearchTool, KnowledgeTool)]
-
-
-def _wants_answer_only(messages: list[dict[str, Any]]) -> bool:
-    """True when the runtime has forbidden tools: the final round, or the tool budget is spent."""
-    from .. import protocol
-    last = messages[-1] if messages else {}
-    content = last.get("content") if last.get("role") == "user" else None
-    if not isinstance(content, str):
-        return False
-    budget_note = protocol.BUDGET_EXHAUSTED_MESSAGE.split("{n}")[0]
-    return content.strip() == protocol.FINAL_STEP_MESSAGE or budget_note in content
 
 
 # =========================================================================== policy
@@ -219,7 +58,7 @@ class LocalGGUFPolicy(Policy):
         self.stats: dict[str, Any] = {}
         self._grammars: dict[bool, str] = {}
         self._tool_schemas: list[dict[str, Any]] = []
-        self.set_tools(tool_schemas if tool_schemas is not None else _protocol_tool_schemas())
+        self.set_tools(tool_schemas if tool_schemas is not None else protocol_tool_schemas())
         self._lock = threading.Lock()
         self._server: Any = None
         self._base_url = ""
@@ -322,7 +161,7 @@ class LocalGGUFPolicy(Policy):
             if sampling.logprobs:
                 body["logprobs"] = True
             if self.constrained:
-                body["grammar"] = self._grammars[_wants_answer_only(messages)]
+                body["grammar"] = self._grammars[wants_answer_only(messages)]
             try:
                 result = self._server.handle_chat_completions(body)
             except Exception as exc:            # the binding raises on malformed requests

@@ -11,8 +11,15 @@ import httpx
 
 from ..httpretry import HTTPRetryError, LoopLocalClient, request_with_retries
 from .base import Policy, PolicyError, PolicyReply, Sampling
+from .grammar import grammar_for_tools, wants_answer_only
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024     # a chat reply larger than this is a broken server
+# How servers take a GBNF grammar in a chat request.
+GRAMMAR_FIELDS = {
+    "llama.cpp": lambda g: {"grammar": g},
+    "vllm": lambda g: {"structured_outputs": {"grammar": g}},
+}
+
 # httpx's connection pool does work proportional to its open connections on every request, which
 # makes one pool CPU-bound at a few dozen concurrent chats. Requests are spread over several small
 # pools instead, each holding at most this many connections.
@@ -24,7 +31,8 @@ class OpenAICompatPolicy(Policy):
 
     def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
                  *, timeout_s: float = 300.0, retries: int = 4, backoff_s: float = 1.0,
-                 max_connections: int = 256, extra_body: dict[str, Any] | None = None):
+                 max_connections: int = 256, extra_body: dict[str, Any] | None = None,
+                 grammar: str | None = None):
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
             raise PolicyError("no policy server given: pass --base-url (e.g. http://127.0.0.1:8000/v1) "
@@ -35,6 +43,12 @@ class OpenAICompatPolicy(Policy):
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.retries, self.backoff_s = retries, backoff_s
         self.extra_body = extra_body or {}
+        # Off by default: a server that does not know the field may reject the request.
+        if grammar is not None and grammar not in GRAMMAR_FIELDS:
+            raise PolicyError(f"grammar must be one of {', '.join(GRAMMAR_FIELDS)}, not {grammar!r}")
+        self.grammar_style = grammar
+        self.constrained = grammar is not None
+        self._grammars: dict[bool, str] = {}
         timeout = httpx.Timeout(timeout_s, connect=10.0)
         n_pools = max(1, -(-max_connections // CONNECTIONS_PER_POOL))
         per_pool = httpx.Limits(max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL)
@@ -43,10 +57,17 @@ class OpenAICompatPolicy(Policy):
                        for _ in range(n_pools)]
         self._in_flight = [0] * n_pools
 
+    def set_tools(self, schemas: list[dict[str, Any]]) -> None:
+        """Build the protocol grammar for these tools (sent only when a grammar style is set)."""
+        if self.constrained:
+            self._grammars = {only: grammar_for_tools(schemas, answer_only=only) for only in (False, True)}
+
     async def chat(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply:
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": sampling.temperature, "top_p": sampling.top_p,
                                 "max_tokens": sampling.max_tokens, **self.extra_body}
+        if self.constrained and self._grammars:
+            body.update(GRAMMAR_FIELDS[self.grammar_style](self._grammars[wants_answer_only(messages)]))
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         if sampling.stop:
