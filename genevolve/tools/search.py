@@ -88,7 +88,7 @@ class ImageSearchTool(Tool):
             img_id = ctx.images.register(h)
             found.append({"img_id": img_id, **hit_dicts([h])[0]})
             parts = [f"[{img_id}] {h.title}"]
-            if h.url:
+            if h.url and not h.url.startswith("file:"):     # a file URL only repeats local_path
                 parts.append(f"   url: {h.url}")
             if h.page_url:
                 parts.append(f"   page: {h.page_url}")
