@@ -3,8 +3,8 @@
 Embedded policy (the pinned Qwen2.5-Coder-1.5B GGUF), offline search, offline image library and the
 offline renderer, over ten fixed requests of different kinds. Prints per request: wall time,
 rounds, tool calls, tokens prefilled and generated per turn, whether the run ended with a valid
-program (an answer with a non-empty gen_prompt, at least one reference, and no program issues
-other than repairs), and the summary: median / max wall time (target median <= 30 s) and the
+program (an answer with a non-empty gen_prompt and none of the issues that make it unusable as
+written: ordinals past the reference list, IMG ids or URLs in gen_prompt), and the summary: median / max wall time (target median <= 30 s) and the
 fraction of valid programs (target >= 95%).
 
 Run: .venv/bin/python benchmarks/offline_latency.py [--out runs/offline_latency.jsonl]
@@ -41,8 +41,7 @@ BLOCKING = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", 
 
 
 def valid(traj) -> bool:
-    return (traj.ok and len(traj.program.references) >= 1
-            and not any(i.startswith(BLOCKING) for i in traj.program_issues))
+    return traj.ok and not any(i.startswith(BLOCKING) for i in traj.program_issues)
 
 
 async def main(out: str | None) -> None:
@@ -83,7 +82,8 @@ async def main(out: str | None) -> None:
     print(f"tokens per turn: prefilled median {statistics.median(all_prefill):.0f} "
           f"(max {max(all_prefill)}), generated median {statistics.median(all_gen):.0f} (max {max(all_gen)})")
     n_valid = sum(r["valid"] for r in rows)
-    print(f"valid programs: {n_valid}/{len(rows)} = {n_valid / len(rows):.0%}  (target >= 95%)")
+    print(f"valid programs: {n_valid}/{len(rows)} = {n_valid / len(rows):.0%}  (target >= 95%); "
+          f"with at least one reference: {sum(bool(r['references']) for r in rows)}/{len(rows)}")
     if out:
         with open(out, "w", encoding="utf-8") as f:
             for r in rows:

@@ -54,7 +54,8 @@ class Agent:
     # -- public API ---------------------------------------------------------------------------
     async def run(self, request: str) -> Trajectory:
         traj = Trajectory(request=request, policy=getattr(self.policy, "name", None), started_at=time.time())
-        ctx = ToolContext(request=request)
+        ctx = ToolContext(request=request,
+                          observation_chars=getattr(self.policy, "observation_chars", None) or MAX_OBSERVATION_CHARS)
         t0 = time.perf_counter()
         try:
             await self._loop(traj, ctx)
@@ -159,8 +160,8 @@ class Agent:
                 cache[key] = result
             call.observation = result.text
         text = call.observation
-        if len(text) > MAX_OBSERVATION_CHARS:
-            text = text[:MAX_OBSERVATION_CHARS] + f"\n…[cut: {len(call.observation)} characters in all]"
+        if len(text) > ctx.observation_chars:
+            text = text[:ctx.observation_chars] + f"\n…[cut: {len(call.observation)} characters in all]"
         call.observation, call.data, call.error = text, result.data, result.error
         call.duration_s = round(time.perf_counter() - t0, 4)
         return call

@@ -224,3 +224,14 @@ def test_no_grammar_field_by_default(tools):
     with FakeChatServer([answer("x", [])]) as server:
         run(server, tools)
     assert "grammar" not in server.requests[0] and "structured_outputs" not in server.requests[0]
+
+
+def test_search_results_are_trimmed_to_the_policy_budget(tools):
+    from genevolve.tools.base import SearchHit
+    tools[0].backend.docs = [SearchHit(f"Doc {i}", f"https://example.org/{i}", "word " * 400, "t") for i in range(5)]
+    with FakeChatServer([tool_call("search", {"queries": ["word"]}), answer("x", [])]) as server:
+        policy = OpenAICompatPolicy(server.base_url, "m")
+        policy.observation_chars = 1500
+        traj = asyncio.run(Agent(policy, tools).run("words"))
+    obs = traj.tool_calls[0].observation
+    assert len(obs) <= 1500 and obs.count("Source:") == 5 and "…" in obs

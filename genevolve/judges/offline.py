@@ -79,7 +79,7 @@ COLOUR_ONLY_WEIGHT = 0.25       # colours alone reach VISUAL_FULL only at an ove
 TEXT_FULL, TEXT_HALF, TEXT_PRESENT = 0.10, 0.30, 0.50
 OCR_MIN_CONFIDENCE = 0.5
 OCR_BLANK_CONFIDENCE = 0.85    # readings trusted enough to hide their box from object counting
-OCR_SIDE = 1024                 # OCR reads the image at this long side
+OCR_SIDE = 1024                 # OCR reads the image at this long side at most
 # faithfulness: relations compare centres that are at least this far apart (share of width/height)
 RELATION_MIN_GAP = 0.12
 # objects on a backdrop (counting, and the ground truth's objects)
@@ -100,8 +100,9 @@ _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”")
 
 # ---------------------------------------------------------------------------------- images
 
-def load_bgr(path: str | Path, side: int = WORK_SIDE) -> np.ndarray:
-    """The image at `path` as 8-bit BGR, resized so its long side is `side` (transparency on white)."""
+def load_bgr(path: str | Path, side: int = WORK_SIDE, upscale: bool = True) -> np.ndarray:
+    """The image at `path` as 8-bit BGR, resized so its long side is `side` (or kept when smaller
+    and `upscale` is off); transparency goes on white."""
     with Image.open(path) as im:
         im.load()
         if im.mode in ("RGBA", "LA", "P"):
@@ -110,7 +111,7 @@ def load_bgr(path: str | Path, side: int = WORK_SIDE) -> np.ndarray:
             canvas.alpha_composite(im)
             im = canvas
         rgb = np.asarray(im.convert("RGB"))
-    return resize_long_side(rgb[:, :, ::-1].copy(), side)
+    return resize_long_side(rgb[:, :, ::-1].copy(), side if upscale else min(side, max(rgb.shape[:2])))
 
 
 def resize_long_side(bgr: np.ndarray, side: int) -> np.ndarray:
@@ -541,7 +542,8 @@ def judge_images(request: str, generated_image: str | Path, gt_image: str | Path
     text_score = 0.5
     ocr_boxes: list[list[list[float]]] = []
     if texts or meta.get("count") is not None:
-        big = load_bgr(generated_image, OCR_SIDE)          # small lettering needs the pixels
+        # Native pixels, at most OCR_SIDE: upscaling makes OCR split words ("FARM" "ISTAND").
+        big = load_bgr(generated_image, OCR_SIDE, upscale=False)
         found = [(t, c, b) for t, c, b in _OCR.read(big) if c >= OCR_MIN_CONFIDENCE]
         shrink = gen.shape[1] / big.shape[1]
         # Only confident, multi-character readings are blanked before counting: OCR now and then

@@ -39,6 +39,9 @@ class Policy(ABC):
     name: str = "policy"
     # Whether the policy constrains its own output to the protocol grammar.
     constrained: bool = False
+    # Characters of one tool observation this policy can afford to read (None: the runtime's
+    # default). A small model on a CPU pays seconds for every hundred tokens it reads.
+    observation_chars: int | None = None
 
     @abstractmethod
     async def chat(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply: ...

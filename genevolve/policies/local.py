@@ -42,6 +42,9 @@ class LocalGGUFPolicy(Policy):
     """
 
     name = "local"
+    # About 500 tokens, enough for a whole skill: at ~80 prompt tokens/s on two cores every
+    # observation costs seconds, so search results are trimmed to fit.
+    observation_chars = 2000
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 8192,
                  n_threads: int | None = None, constrained: bool = True, prefix_cache: bool = True,

@@ -73,6 +73,8 @@ class ToolContext:
 
     request: str = ""
     images: ImageRegistry = field(default_factory=ImageRegistry)
+    # How much text one observation may hold; tools that return lists trim each item to fit.
+    observation_chars: int = 12_000
 
 
 class Tool(ABC):

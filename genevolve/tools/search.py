@@ -9,6 +9,8 @@ from .base import (ImageSearchBackend, SearchBackend, Tool, ToolContext, ToolRes
                    validate_arguments)
 
 MAX_SNIPPET_CHARS = 600
+MIN_SNIPPET_CHARS = 120
+HIT_OVERHEAD_CHARS = 110       # number, title and source line around each snippet
 
 
 class SearchTool(Tool):
@@ -35,6 +37,9 @@ class SearchTool(Tool):
         results = await asyncio.gather(*(self.backend.search(q, args["top_k"]) for q in queries),
                                        return_exceptions=True)
         blocks, data, errors = [], [], []
+        n_hits = sum(len(h) for h in results if isinstance(h, list)) or 1
+        per_hit = ctx.observation_chars // n_hits - HIT_OVERHEAD_CHARS
+        snippet_chars = max(MIN_SNIPPET_CHARS, min(MAX_SNIPPET_CHARS, per_hit))
         for q, hits in zip(queries, results):
             lines = [f"--- search result for [{q}] ---"]
             if isinstance(hits, BaseException):
@@ -46,7 +51,7 @@ class SearchTool(Tool):
                 data.append({"query": q, "hits": []})
             else:
                 for i, h in enumerate(hits, 1):
-                    snippet = " ".join(h.snippet.split())[:MAX_SNIPPET_CHARS]
+                    snippet = _shorten(" ".join(h.snippet.split()), snippet_chars)
                     lines.append(f"{i}. {h.title}\n   Source: {h.url}\n   {snippet}")
                 data.append({"query": q, "hits": hit_dicts(hits)})
             blocks.append("\n".join(lines))
@@ -55,6 +60,14 @@ class SearchTool(Tool):
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+
+
+def _shorten(text: str, limit: int) -> str:
+    """Cut at a word boundary and mark the cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return cut + " …"
 
 
 class ImageSearchTool(Tool):
