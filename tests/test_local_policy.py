@@ -14,7 +14,7 @@ from genevolve import protocol
 from genevolve.models import GGUF_MAGIC, model_status
 from genevolve.policies import make_policy
 from genevolve.policies.base import PolicyError, Sampling
-from genevolve.policies.grammar import grammar_for_tools, wants_answer_only
+from genevolve.policies.grammar import ANSWER_ONLY, ANY, TOOLS_ONLY, grammar_for_tools, turn_mode
 from genevolve.policies.local import LocalGGUFPolicy
 from genevolve.tools import ImageSearchTool, KnowledgeTool, SearchTool
 from genevolve.tools.base import validate_arguments
@@ -39,7 +39,7 @@ def test_grammar_lists_every_tool_and_skill_and_bounds_thinking():
     assert "[^<]{0,123}" in grammar
     assert '"<tool_call>"' in grammar and '"<answer>"' in grammar
     assert grammar.startswith("root ::= think")
-    answer_only = grammar_for_tools(SCHEMAS, answer_only=True)
+    answer_only = grammar_for_tools(SCHEMAS, mode=ANSWER_ONLY)
     assert "<tool_call>" not in answer_only and '"<answer>"' in answer_only
 
 
@@ -49,12 +49,19 @@ def test_grammar_rejects_schema_it_cannot_express():
         grammar_for_tools([odd])
 
 
-def test_final_round_and_spent_budget_ask_for_answer_only():
+def test_turn_modes_follow_the_protocol():
     base = [{"role": "system", "content": "s"}, {"role": "user", "content": "draw a cat"}]
-    assert not wants_answer_only(base)
-    assert wants_answer_only(base + [{"role": "user", "content": protocol.FINAL_STEP_MESSAGE}])
+    assert turn_mode(base) == TOOLS_ONLY                # no image_search yet: answering is not allowed
+    searched = base + [{"role": "assistant", "content": '<think>x</think><tool_call>{"name": "image_search", '
+                                                        '"arguments": {"query": "cat"}}</tool_call>'},
+                       {"role": "user", "content": protocol.tool_response("[IMG_001] cat")}]
+    assert turn_mode(searched) == ANY
+    assert turn_mode(base + [{"role": "user", "content": protocol.FINAL_STEP_MESSAGE}]) == ANSWER_ONLY
     spent = protocol.tool_response(protocol.BUDGET_EXHAUSTED_MESSAGE.format(n=10))
-    assert wants_answer_only(base + [{"role": "user", "content": spent}])
+    assert turn_mode(searched + [{"role": "user", "content": spent}]) == ANSWER_ONLY
+    tools_only = grammar_for_tools(SCHEMAS, mode=TOOLS_ONLY)
+    assert '"<tool_call>"' in tools_only and "<answer>" not in tools_only.split("root ::=")[1].split("\n")[0]
+    assert "prompt-char" in grammar_for_tools(SCHEMAS, mode=ANY)   # gen_prompt cannot hold "_" (IMG ids)
 
 
 def test_construction_is_cheap_and_registered():

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-MAX_THINK_CHARS = 600          # a 1.5B model left unbounded can think until the context is full
+MAX_THINK_CHARS = 400          # a 1.5B model left unbounded can think until the context is full
 MAX_STRING_CHARS = 300         # default cap for a JSON string the schema does not bound
 MAX_GEN_PROMPT_CHARS = 2000
 MAX_NOTE_CHARS = 200
@@ -34,6 +34,8 @@ class _GrammarBuilder:
     BASE_RULES = {
         "ws": '" "?',
         "char": r'[^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+        # gen_prompt may not contain "_": that keeps IMG_### ids out of it, as the protocol asks.
+        "prompt-char": r'[^"\\\x00-\x1f_] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
         "integer": '"-"? ([0-9] | [1-9] [0-9]{1,15})',
         "number": '"-"? ([0-9] | [1-9] [0-9]{1,15}) ("." [0-9]{1,15})? ([eE] [-+]? [0-9]{1,3})?',
         "boolean": '"true" | "false"',
@@ -119,18 +121,25 @@ class _GrammarBuilder:
         return "\n".join(f"{n} ::= {self.rules[n]}" for n in order) + "\n"
 
 
-def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, answer_only: bool = False,
+# Which actions a turn may take; see `turn_mode`.
+ANY, TOOLS_ONLY, ANSWER_ONLY = "any", "tools_only", "answer_only"
+TURN_MODES = (ANY, TOOLS_ONLY, ANSWER_ONLY)
+
+
+def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
                       max_think_chars: int = MAX_THINK_CHARS, max_references: int = MAX_REFERENCES) -> str:
     """A GBNF grammar admitting exactly one protocol turn for these tools.
 
     `<think>` free text (no '<', at most `max_think_chars`) `</think>`, then either
     `<tool_call>{"name": TOOL, "arguments": {...}}</tool_call>` with each tool's arguments shaped
     by its JSON schema, or `<answer>{"gen_prompt": ..., "reference_images": [...]}</answer>`.
-    `answer_only` drops the tool-call branch (the final round, or the tool budget is spent).
+    `mode` ANSWER_ONLY drops the tool-call branch, TOOLS_ONLY the answer branch.
     """
+    if mode not in TURN_MODES:
+        raise ValueError(f"mode must be one of {TURN_MODES}, not {mode!r}")
     g = _GrammarBuilder()
     branches = []
-    if not answer_only:
+    if mode != ANSWER_ONLY:
         calls = []
         for schema in tool_schemas:
             name = schema["name"]
@@ -143,11 +152,13 @@ def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, answer_only: bool =
     img_id = g.add("img-id", '"\\"IMG_" [0-9]{3} "\\""')
     reference = g.object("reference", [("img_id", img_id, True),
                                        ("note", g.string("note", 0, MAX_NOTE_CHARS), True)])
+    gen_prompt = g.add("gen-prompt", f'"\\"" prompt-char{{1,{MAX_GEN_PROMPT_CHARS}}} "\\""')
     program = g.object("program", [
-        ("gen_prompt", g.string("gen-prompt", 1, MAX_GEN_PROMPT_CHARS), True),
+        ("gen_prompt", gen_prompt, True),
         ("reference_images", g.array("references", reference, 0, max_references), True)])
     g.add("answer", f'"<answer>" {program} "</answer>"')
-    branches.append("answer")
+    if mode != TOOLS_ONLY:
+        branches.append("answer")
     g.add("think", f'"<think>" [^<]{{0,{max_think_chars}}} "</think>"')
     g.add("root", 'think "\\n"? (' + " | ".join(branches) + ")")
     return g.render()
@@ -160,12 +171,20 @@ def protocol_tool_schemas() -> list[dict[str, Any]]:
             for c in (SearchTool, ImageSearchTool, KnowledgeTool)]
 
 
-def wants_answer_only(messages: list[dict[str, Any]]) -> bool:
-    """True when the runtime has forbidden tools: the final round, or the tool budget is spent."""
+def turn_mode(messages: list[dict[str, Any]]) -> str:
+    """Which actions the protocol allows in the next turn.
+
+    ANSWER_ONLY once the runtime has forbidden tools (the final round, or the tool budget is
+    spent); TOOLS_ONLY until `image_search` has been called, because the protocol asks for at
+    least one image search before answering; ANY otherwise.
+    """
     from .. import protocol
     last = messages[-1] if messages else {}
     content = last.get("content") if last.get("role") == "user" else None
-    if not isinstance(content, str):
-        return False
-    budget_note = protocol.BUDGET_EXHAUSTED_MESSAGE.split("{n}")[0]
-    return content.strip() == protocol.FINAL_STEP_MESSAGE or budget_note in content
+    if isinstance(content, str):
+        budget_note = protocol.BUDGET_EXHAUSTED_MESSAGE.split("{n}")[0]
+        if content.strip() == protocol.FINAL_STEP_MESSAGE or budget_note in content:
+            return ANSWER_ONLY
+    searched = any(m.get("role") == "assistant" and protocol.parse_turn(m.get("content") or "").tool_name
+                   == "image_search" for m in messages)
+    return ANY if searched else TOOLS_ONLY

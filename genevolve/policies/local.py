@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import cache_dir
 from .base import Policy, PolicyError, PolicyReply, Sampling
-from .grammar import MAX_THINK_CHARS, grammar_for_tools, protocol_tool_schemas, wants_answer_only
+from .grammar import MAX_THINK_CHARS, TURN_MODES, grammar_for_tools, protocol_tool_schemas, turn_mode
 
 KV_FILES_KEPT = 16             # saved system-prompt prefixes kept on disk (about 30-60 MB each)
 
@@ -74,12 +74,12 @@ class LocalGGUFPolicy(Policy):
     def set_tools(self, schemas: list[dict[str, Any]]) -> None:
         """Constrain tool calls to these tools (the agent passes `[tool.schema() for tool in tools]`)."""
         self._tool_schemas = list(schemas)
-        self._grammars = {answer_only: grammar_for_tools(self._tool_schemas, answer_only=answer_only,
-                                                         max_think_chars=self.max_think_chars)
-                          for answer_only in (False, True)}
+        self._grammars = {mode: grammar_for_tools(self._tool_schemas, mode=mode,
+                                                  max_think_chars=self.max_think_chars)
+                          for mode in TURN_MODES}
 
-    def grammar(self, answer_only: bool = False) -> str:
-        return self._grammars[answer_only]
+    def grammar(self, mode: str = "any") -> str:
+        return self._grammars[mode]
 
     # -- loading ----------------------------------------------------------------------------
     def load(self) -> None:
@@ -164,7 +164,7 @@ class LocalGGUFPolicy(Policy):
             if sampling.logprobs:
                 body["logprobs"] = True
             if self.constrained:
-                body["grammar"] = self._grammars[wants_answer_only(messages)]
+                body["grammar"] = self._grammars[turn_mode(messages)]
             try:
                 result = self._server.handle_chat_completions(body)
             except Exception as exc:            # the binding raises on malformed requests

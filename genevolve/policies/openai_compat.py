@@ -11,7 +11,7 @@ import httpx
 
 from ..httpretry import HTTPRetryError, LoopLocalClient, request_with_retries
 from .base import Policy, PolicyError, PolicyReply, Sampling
-from .grammar import grammar_for_tools, wants_answer_only
+from .grammar import TURN_MODES, grammar_for_tools, turn_mode
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024     # a chat reply larger than this is a broken server
 # How servers take a GBNF grammar in a chat request.
@@ -48,7 +48,7 @@ class OpenAICompatPolicy(Policy):
             raise PolicyError(f"grammar must be one of {', '.join(GRAMMAR_FIELDS)}, not {grammar!r}")
         self.grammar_style = grammar
         self.constrained = grammar is not None
-        self._grammars: dict[bool, str] = {}
+        self._grammars: dict[str, str] = {}
         timeout = httpx.Timeout(timeout_s, connect=10.0)
         n_pools = max(1, -(-max_connections // CONNECTIONS_PER_POOL))
         per_pool = httpx.Limits(max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL)
@@ -60,14 +60,14 @@ class OpenAICompatPolicy(Policy):
     def set_tools(self, schemas: list[dict[str, Any]]) -> None:
         """Build the protocol grammar for these tools (sent only when a grammar style is set)."""
         if self.constrained:
-            self._grammars = {only: grammar_for_tools(schemas, answer_only=only) for only in (False, True)}
+            self._grammars = {mode: grammar_for_tools(schemas, mode=mode) for mode in TURN_MODES}
 
     async def chat(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply:
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": sampling.temperature, "top_p": sampling.top_p,
                                 "max_tokens": sampling.max_tokens, **self.extra_body}
         if self.constrained and self._grammars:
-            body.update(GRAMMAR_FIELDS[self.grammar_style](self._grammars[wants_answer_only(messages)]))
+            body.update(GRAMMAR_FIELDS[self.grammar_style](self._grammars[turn_mode(messages)]))
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         if sampling.stop:
