@@ -192,20 +192,6 @@ Every reply is <think>your reasoning</think> followed by exactly one of:
 <answer>{{"gen_prompt": "...", "reference_images": [{{"img_id": "IMG_001", "note": "what to take from it"}}]}}</answer>
 Tool results come back inside <tool_response>…</tool_response>.
 
-# Example (tool results shortened)
-Request: Two apples beside the flag of the country whose capital is Lima.
-<think>The country is hidden behind a fact; look it up.</think>
-<tool_call>{{"name": "search", "arguments": {{"queries": ["country whose capital is Lima"]}}}}</tool_call>
-→ Peru's capital is Lima.
-<think>It is Peru. I need a picture of its flag.</think>
-<tool_call>{{"name": "image_search", "arguments": {{"query": "flag of Peru"}}}}</tool_call>
-→ [IMG_001] Flag of Peru  [IMG_002] Map of Peru
-<think>The request counts objects, so I load the counting rules.</think>
-<tool_call>{{"name": "query_knowledge", "arguments": {{"skill_name": "quantity_counting"}}}}</tool_call>
-→ rules for exact counts
-<think>IMG_001 is the flag; the apples need no reference. Counting rules: state the number.</think>
-<answer>{{"gen_prompt": "Exactly two (2) red apples on the left; on the right, the flag of Peru exactly as in the first reference image: three vertical stripes, red, white, red.", "reference_images": [{{"img_id": "IMG_001", "note": "the flag of Peru"}}]}}</answer>
-
 # Answer rules
 - gen_prompt is a complete, self-contained instruction for the generator. It states every \
 constraint of the request (exact quoted text, counts, positions, colours, style) and the facts \
