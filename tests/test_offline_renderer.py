@@ -260,3 +260,12 @@ def test_registry_and_font_fallback(monkeypatch):
         fallback = OfflineRenderer(long_side=256)
     result = fallback.render_sync(program("'HELLO' at the top."))
     assert result.metadata["font"] == "pillow-default" and result.image.size == (256, 256)
+
+
+def test_apostrophes_inside_single_quotes_and_measurements_are_not_counts():
+    from genevolve.generators.offline_layout import parse_layout
+
+    layout = parse_layout("The flag from the first reference image, shot with a 35 mm lens; the words "
+                          "'G'DAY MATE' at the top.", 1)
+    assert [t.text for t in layout.texts] == ["G'DAY MATE"]
+    assert [p.count for p in layout.placements] == [1] and not layout.shapes

@@ -57,6 +57,9 @@ NUMBER_WORDS = {w: n for n, w in enumerate("one two three four five six seven ei
                                            .split(), 1)} | {"twin": 2}
 MULTIWORD_NUMBERS = {("a", "pair", "of"): 2, ("a", "couple", "of"): 2, ("a", "trio", "of"): 3, ("a", "dozen"): 12}
 MAX_COUNT = 64
+# "35 mm lens", "50 cm tall": a number before a unit measures something; it does not count it.
+MEASURE_UNITS = frozenset("mm cm m km in inch inches ft feet foot kg g lb lbs px k fps percent degrees "
+                          "degree mph kmh hz mp sec secs seconds minutes hours years year".split())
 REPEAT_NOUNS = set("times copies copy instances versions clones duplicates repetitions replicas".split())
 ADJECTIVES = set("small big large tiny little huge giant round shiny bright pastel dark light glowing fluffy cute "
                  "identical tall short wooden metal plastic paper happy old young new smiling colorful colourful "
@@ -83,7 +86,8 @@ DEFAULT_NOUN_COLOUR = {"apple": "red", "cherry": "red", "tomato": "red", "strawb
 ACCENTS = ["orange", "teal", "magenta", "yellow", "violet", "green"]
 
 _TOKEN = re.compile(r"[A-Za-z]+(?:['’\-]+[A-Za-z]+)*|\d+(?:\.\d+)?[A-Za-z%]*")   # "jack-o'-lanterns" is one word
-_QUOTES = re.compile(r"“([^”]+)”|\"([^\"]+)\"|‘([^’]+)’|«([^»]+)»|(?<![\w])'([^']+?)'(?![\w])")
+# Single quotes may hold apostrophes between letters: 'G'DAY MATE', 'ROCK 'N' ROLL' stays whole.
+_QUOTES = re.compile(r"“([^”]+)”|\"([^\"]+)\"|‘([^’]+)’|«([^»]+)»|(?<![\w])'((?:[^']|(?<=\w)'(?=\w))+?)'(?![\w])")
 _SENTENCE_END = re.compile(r"[.!?;]+(?=\s|$)|\n+")
 
 # Spatial cues: (regex, what it sets, value). Relations and corners are matched before the single words.
@@ -308,7 +312,8 @@ def _number_at(words: list[str], i: int) -> tuple[int, int]:
         if tuple(words[i:i + len(phrase)]) == phrase:
             return value, len(phrase)
     word = words[i]
-    if word.isdigit() and 1 <= int(word) <= MAX_COUNT:
+    following = words[i + 1] if i + 1 < len(words) else ""
+    if word.isdigit() and 1 <= int(word) <= MAX_COUNT and following not in MEASURE_UNITS:
         return int(word), 1
     return NUMBER_WORDS.get(word, 0), 1
 
