@@ -164,15 +164,17 @@ class ResultStore:
         self._journal.append(record)
         self.records[str(record["id"])] = record
         if time.monotonic() - self._last_json >= self.json_every_s:
-            self.write_json()
+            self.write_json(final=False)
 
-    def write_json(self, order: Iterable[str] | None = None) -> None:
+    def write_json(self, order: Iterable[str] | None = None, final: bool = True) -> None:
+        """Rewrite the array. Writes during a run are compact (cheap on the event loop); the final
+        one is indented for people to read."""
         records = self.records
         if order is not None:
             rank = {item_id: i for i, item_id in enumerate(order)}
             records = dict(sorted(records.items(), key=lambda kv: rank.get(kv[0], len(rank))))
         self._journal.sync()
-        atomic_write_json(self.json_path, list(records.values()))
+        atomic_write_json(self.json_path, list(records.values()), indent=2 if final else None)
         self._last_json = time.monotonic()
 
     def close(self, order: Iterable[str] | None = None) -> None:
