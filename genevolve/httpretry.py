@@ -53,7 +53,11 @@ def safe_url(url: httpx.URL | str) -> str:
 
 def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
     """Seconds the server asked us to wait (Retry-After as seconds or as an HTTP date), if any."""
-    value = response.headers.get("retry-after")
+    return parse_retry_after(response.headers.get("retry-after"), now)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header value (seconds or an HTTP date) as seconds from now."""
     if not value:
         return None
     value = value.strip()

@@ -3,13 +3,14 @@ server, OpenAI, or anything else that speaks it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
 
-import httpx
+import aiohttp
 
-from ..httpretry import HTTPRetryError, LoopLocalClient, request_with_retries
+from ..httpretry import is_retryable_status, parse_retry_after
 from .base import Policy, PolicyError, PolicyReply, Sampling
 from .grammar import TURN_MODES, grammar_for_tools, turn_mode
 
@@ -20,10 +21,34 @@ GRAMMAR_FIELDS = {
     "vllm": lambda g: {"structured_outputs": {"grammar": g}},
 }
 
-# httpx's connection pool does work proportional to its open connections on every request, which
-# makes one pool CPU-bound at a few dozen concurrent chats. Requests are spread over several small
-# pools instead, each holding at most this many connections.
-CONNECTIONS_PER_POOL = 8
+MAX_BACKOFF_S = 8.0
+# The chat client uses aiohttp rather than httpx (used elsewhere): with dozens of chats in flight the
+# client is CPU-bound, and aiohttp costs several times less CPU per request.
+
+
+class _SessionPerLoop:
+    """One aiohttp session per running event loop (a policy may serve several `asyncio.run` calls)."""
+
+    def __init__(self, max_connections: int, timeout_s: float):
+        self.max_connections, self.timeout_s = max_connections, timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._loop is not loop or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.max_connections)
+            timeout = aiohttp.ClientTimeout(total=self.timeout_s, connect=10.0)
+            self._session, self._loop = aiohttp.ClientSession(connector=connector, timeout=timeout), loop
+        return self._session
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            try:
+                await session.close()
+            except RuntimeError:        # opened on a loop that has since closed
+                pass
 
 
 class OpenAICompatPolicy(Policy):
@@ -49,13 +74,7 @@ class OpenAICompatPolicy(Policy):
         self.grammar_style = grammar
         self.constrained = grammar is not None
         self._grammars: dict[str, str] = {}
-        timeout = httpx.Timeout(timeout_s, connect=10.0)
-        n_pools = max(1, -(-max_connections // CONNECTIONS_PER_POOL))
-        per_pool = httpx.Limits(max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL)
-        tls = httpx.create_ssl_context()         # built once: each costs ~0.3 s of CPU
-        self._pools = [LoopLocalClient(lambda: httpx.AsyncClient(timeout=timeout, limits=per_pool, verify=tls))
-                       for _ in range(n_pools)]
-        self._in_flight = [0] * n_pools
+        self._sessions = _SessionPerLoop(max_connections, timeout_s)
 
     def set_tools(self, schemas: list[dict[str, Any]]) -> None:
         """Build the protocol grammar for these tools (sent only when a grammar style is set)."""
@@ -74,28 +93,41 @@ class OpenAICompatPolicy(Policy):
             body["stop"] = sampling.stop
         if sampling.logprobs:
             body["logprobs"] = True
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        url = f"{self.base_url}/chat/completions"
-        # The first pool with a free connection, so pools open only as concurrency grows.
-        pool = next((i for i, n in enumerate(self._in_flight) if n < CONNECTIONS_PER_POOL),
-                    min(range(len(self._pools)), key=self._in_flight.__getitem__))
-        self._in_flight[pool] += 1
-        try:
-            resp = await request_with_retries(self._pools[pool].get(), "POST", url, json=body, headers=headers,
-                                              retries=self.retries, backoff=self.backoff_s)
-        except HTTPRetryError as exc:
-            raise PolicyError(f"policy server {self.base_url} failed: {exc}") from None
-        finally:
-            self._in_flight[pool] -= 1
-        return self._read_reply(resp)
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        status, raw = await self._post(f"{self.base_url}/chat/completions",
+                                       json.dumps(body, ensure_ascii=False).encode("utf-8"), headers)
+        return self._read_reply(status, raw)
 
-    def _read_reply(self, resp: httpx.Response) -> PolicyReply:
+    async def _post(self, url: str, payload: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """POST with retries: 408/429/5xx and connection errors back off exponentially (or as the
+        server's Retry-After says); the last answer, or a clear error, comes back."""
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            wait = min(self.backoff_s * 2 ** attempt, MAX_BACKOFF_S)
+            try:
+                async with self._sessions.get().post(url, data=payload, headers=headers) as resp:
+                    raw = await _read_capped(resp.content, MAX_RESPONSE_BYTES + 1)
+                    if not (is_retryable_status(resp.status) and not last):
+                        return resp.status, raw
+                    asked = parse_retry_after(resp.headers.get("Retry-After"))
+                    wait = min(asked if asked is not None else wait, MAX_BACKOFF_S)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if last:
+                    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    raise PolicyError(f"policy server {self.base_url} failed after {attempts} attempt(s): "
+                                      f"{reason}") from None
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")   # the last attempt returns or raises
+
+    def _read_reply(self, status: int, raw: bytes) -> PolicyReply:
         where = f"policy server {self.base_url}"
-        if resp.status_code >= 400:
-            raise PolicyError(f"{where} answered HTTP {resp.status_code}: {_error_text(resp)}")
-        raw = resp.content
+        if status >= 400:
+            raise PolicyError(f"{where} answered HTTP {status}: {_error_text(raw)}")
         if len(raw) > MAX_RESPONSE_BYTES:
-            raise PolicyError(f"{where} sent a {len(raw)}-byte reply (limit {MAX_RESPONSE_BYTES})")
+            raise PolicyError(f"{where} sent a reply over the {MAX_RESPONSE_BYTES}-byte limit")
         try:
             data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -121,15 +153,26 @@ class OpenAICompatPolicy(Policy):
                            finish_reason=choice.get("finish_reason"), logprobs=logprobs)
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        await self._sessions.aclose()
 
 
-def _error_text(resp: httpx.Response) -> str:
+async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, or its first `limit` bytes when it is longer (the caller treats that as too big)."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _error_text(raw: bytes) -> str:
     try:
-        data = resp.json()
+        data = json.loads(raw)
         err = data.get("error", data) if isinstance(data, dict) else data
         msg = err.get("message", err) if isinstance(err, dict) else err
         return str(msg)[:300]
     except (ValueError, UnicodeDecodeError):
-        return resp.text[:300]
+        return raw[:300].decode("utf-8", "replace")
