@@ -48,11 +48,11 @@ class JsonlAppender:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
+        # Unbuffered: each line goes to the OS in one write call, so a kill leaves whole lines.
+        self._f = open(self.path, "ab", buffering=0)
 
     def append(self, obj: Any) -> None:
-        self._f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self._f.flush()
+        self._f.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def sync(self) -> None:
         os.fsync(self._f.fileno())

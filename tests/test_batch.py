@@ -93,7 +93,9 @@ def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, image_
         child = run_child(out, inp, server.base_url, image_folder, parallel=2)
         journal = out / "results.jsonl"
         deadline = time.time() + 30
-        while time.time() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 5):
+        def complete_lines():
+            return [l for l in journal.read_text().splitlines() if l.endswith("}")] if journal.exists() else []
+        while time.time() < deadline and len(complete_lines()) < 5:
             time.sleep(0.05)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
