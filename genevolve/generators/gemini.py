@@ -24,7 +24,7 @@ import httpx
 from ..httpretry import HTTPRetryError, LoopLocalClient, request_with_retries
 from ..program import Program
 from .base import Generator, GeneratorError, RenderResult
-from .imageio import MAX_IMAGE_PIXELS, bounded, decode_image_b64, image_data_b64, load_references
+from .imageio import MAX_IMAGE_PIXELS, bounded, decode_image_b64, image_data_b64, load_references, note_dropped_references
 from .qwen_service import server_message
 
 DEFAULT_MODEL = "gemini-3-pro-image-preview"
@@ -104,9 +104,7 @@ class NanoBananaProGenerator(Generator):
                     "n_references": len(images), "aspect_ratio": body["generationConfig"].get("imageConfig", {})
                     .get("aspectRatio"), "seed": seed, **info,
                     "timings": {"request_s": round(time.perf_counter() - t0, 3)}}
-        dropped = len(program.references) - len(images)
-        if dropped > 0:
-            metadata["references_dropped"] = dropped
+        note_dropped_references(metadata, program, len(images))
         return RenderResult(image=image, metadata=metadata)
 
     async def aclose(self) -> None:

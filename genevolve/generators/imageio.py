@@ -154,3 +154,10 @@ def output_size(first_reference: tuple[int, int] | None, long_side: int = 1024,
         ratio = max(ratio, 1 / max_aspect)
     short = max(multiple, round(long_side * ratio / multiple) * multiple)
     return (long_side, short) if w >= h else (short, long_side)
+
+
+def note_dropped_references(metadata: dict, program: Program, sent: int) -> None:
+    """Record how many of the program's references a backend could not send (its cap is lower)."""
+    dropped = len(program.references) - sent
+    if dropped > 0:
+        metadata["references_dropped"] = dropped

@@ -23,7 +23,7 @@ import httpx
 from ..httpretry import HTTPRetryError, LoopLocalClient, request_with_retries
 from ..program import Program
 from .base import Generator, GeneratorError, RenderResult
-from .imageio import MAX_IMAGE_PIXELS, bounded, decode_image_b64, encode_image, load_references
+from .imageio import MAX_IMAGE_PIXELS, bounded, decode_image_b64, encode_image, load_references, note_dropped_references
 from .qwen_service import server_message
 
 DEFAULT_MODEL = "gpt-image-1"
@@ -94,9 +94,7 @@ class OpenAIImagesGenerator(Generator):
                     "requested_size": self.size, "width": image.width, "height": image.height,
                     "n_references": len(images), "seed": seed, **info,
                     "timings": {"request_s": round(time.perf_counter() - t0, 3)}}
-        dropped = len(program.references) - len(images)
-        if dropped > 0:
-            metadata["references_dropped"] = dropped
+        note_dropped_references(metadata, program, len(images))
         return RenderResult(image=image, metadata=metadata)
 
     async def aclose(self) -> None:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..program import Program
 from .base import Generator, GeneratorError, RenderResult
-from .imageio import load_references, output_size
+from .imageio import load_references, output_size, note_dropped_references
 
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit-2511"
 OFFLOAD_MODES = ("none", "model", "sequential")
@@ -136,9 +136,7 @@ class QwenImageEditGenerator(Generator):
         """Blocking form of `render`: read the program's reference files, then render."""
         images = load_references(program, max_refs=self.max_refs)
         result = self.render_images(program.gen_prompt, images, seed=seed)
-        dropped = len(program.references) - len(images)
-        if dropped > 0:
-            result.metadata["references_dropped"] = dropped
+        note_dropped_references(result.metadata, program, len(images))
         return result
 
     def render_images(self, prompt: str, images: list[Image.Image], *, seed: int | None = None,

@@ -27,7 +27,7 @@ from ..config import setting
 from ..httpretry import HTTPRetryError, LoopLocalClient, request_with_retries
 from ..program import Program
 from .base import Generator, GeneratorError, RenderResult
-from .imageio import MAX_IMAGE_PIXELS, bounded, decode_image_b64, image_data_b64, load_references
+from .imageio import MAX_IMAGE_PIXELS, bounded, decode_image_b64, image_data_b64, load_references, note_dropped_references
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -96,9 +96,7 @@ class QwenImageEditServiceGenerator(Generator):
                 continue
             finally:
                 self._in_flight[index] -= 1
-            dropped = len(program.references) - len(encoded)
-            if dropped > 0:
-                result.metadata["references_dropped"] = dropped
+            note_dropped_references(result.metadata, program, len(encoded))
             if failures:
                 result.metadata["failed_over"] = failures
             return result
