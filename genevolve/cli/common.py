@@ -6,7 +6,6 @@ Precedence everywhere: command-line flag > environment variable > TOML config fi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -165,7 +164,3 @@ def build_generator(args: argparse.Namespace, default: str = "offline"):
 def fail(message: str, code: int = 2) -> int:
     print(f"genevolve: {message}", file=sys.stderr)
     return code
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
