@@ -20,6 +20,7 @@ import time
 
 from genevolve.agent import Agent
 from genevolve.generators import make_generator
+from genevolve.program import UNUSABLE_PROGRAM_ISSUES
 from genevolve.policies import make_policy
 from genevolve.tools import default_tools, make_image_search_backend, make_search_backend
 
@@ -36,12 +37,9 @@ REQUESTS = [
     "A rocket launching into a blue sky, vintage poster",
 ]
 
-# Repairs the runtime made are fine; these mean the program itself is unusable as written.
-BLOCKING = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt")
-
-
 def valid(traj) -> bool:
-    return traj.ok and not any(i.startswith(BLOCKING) for i in traj.program_issues)
+    """Repairs the runtime made are fine; unusable-program issues are not."""
+    return traj.ok and not any(i.startswith(UNUSABLE_PROGRAM_ISSUES) for i in traj.program_issues)
 
 
 async def main(out: str | None) -> None:
@@ -49,7 +47,9 @@ async def main(out: str | None) -> None:
     policy = make_policy("local")
     agent = Agent(policy, default_tools(make_search_backend("offline"), make_image_search_backend("offline")))
     renderer = make_generator("offline")
-    # Warm the indexes and the model so the first request is not charged for loading them.
+    # Warm the indexes, the model and its system-prompt prefix so that the first request is not
+    # charged for loading them.
+    await agent.warm()
     await agent.tools["search"].backend.search("warm up", 1)
     await agent.tools["image_search"].backend.search_images("warm up", 1)
     print(f"setup (model load, indexes): {time.perf_counter() - t_load:.1f}s")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import protocol
-from .program import IMG_ID_RE, Program, Reference, check_gen_prompt
+from .program import IMG_ID_RE, UNUSABLE_PROGRAM_ISSUES, Program, Reference, check_gen_prompt
 from .policies.base import Policy, PolicyError, Sampling
 from .tools.base import Tool, ToolArgumentError, ToolContext, ToolResult
 from .trajectory import ANSWER, ERROR, MAX_ROUNDS, ToolCall, Trajectory, Turn
@@ -28,11 +28,15 @@ ProgressHook = Callable[[str, Trajectory, Any], None]
 
 @dataclass
 class AgentConfig:
-    max_rounds: int = protocol.MAX_ROUNDS
-    max_tool_calls: int = protocol.MAX_TOOL_CALLS
+    # None: the policy's own budget (a small local model affords fewer calls), else the protocol's.
+    max_tool_calls: int | None = None
+    max_rounds: int | None = None       # None: one more than the tool calls, for the answer
     max_references: int = protocol.MAX_REFERENCES
     sampling: Sampling = field(default_factory=Sampling)
     tool_timeout_s: float = 120.0
+    # Times an answer whose program is unusable as written (an ordinal past its references, an
+    # IMG id or URL in gen_prompt, an empty gen_prompt) goes back to the policy with the reason.
+    answer_retries: int = 1
 
 
 class Agent:
@@ -45,11 +49,14 @@ class Agent:
         self.tools = {t.name: t for t in tools}
         self.config = config or AgentConfig()
         self.progress = progress
+        self.max_tool_calls = (self.config.max_tool_calls or getattr(policy, "tool_call_budget", None)
+                               or protocol.MAX_TOOL_CALLS)
+        self.max_rounds = self.config.max_rounds or self.max_tool_calls + 1
+        # A constrained policy may cap argument lists and counts; the prompt shows what it admits.
+        schemas = policy.set_tools([t.schema() for t in tools], max_tool_calls=self.max_tool_calls)
         self.system_prompt = protocol.build_system_prompt(
-            [t.schema() for t in tools], max_tool_calls=self.config.max_tool_calls,
-            max_references=self.config.max_references)
-        if hasattr(policy, "set_tools"):     # policies that constrain decoding need the schemas
-            policy.set_tools([t.schema() for t in tools])
+            schemas, max_tool_calls=self.max_tool_calls, max_references=self.config.max_references,
+            inline_skills=getattr(policy, "inline_skills", False))
 
     # -- public API ---------------------------------------------------------------------------
     async def run(self, request: str) -> Trajectory:
@@ -68,6 +75,10 @@ class Agent:
             traj.duration_s = time.perf_counter() - t0
         return traj
 
+    async def warm(self) -> None:
+        """Prepare the policy for this agent's system prompt before the first request."""
+        await self.policy.warm(self.system_prompt)
+
     def run_sync(self, request: str) -> Trajectory:
         return asyncio.run(self.run(request))
 
@@ -78,16 +89,17 @@ class Agent:
 
     # -- the loop -----------------------------------------------------------------------------
     async def _loop(self, traj: Trajectory, ctx: ToolContext) -> None:
-        cfg = self.config
+        cfg, max_rounds = self.config, self.max_rounds
         if not traj.request.strip():
             raise ValueError("the request is empty")
         traj.messages = [{"role": "system", "content": self.system_prompt},
                          {"role": "user", "content": traj.request}]
         cache: dict[str, ToolResult] = {}
         n_calls = 0
-        for rnd in range(1, cfg.max_rounds + 1):
+        answer_retries = cfg.answer_retries
+        for rnd in range(1, max_rounds + 1):
             traj.rounds = rnd
-            if rnd == cfg.max_rounds:
+            if rnd == max_rounds:
                 traj.messages.append({"role": "user", "content": protocol.FINAL_STEP_MESSAGE})
             started = time.perf_counter()
             reply = await self.policy.chat(traj.messages, cfg.sampling)
@@ -103,17 +115,23 @@ class Agent:
             if parsed.kind == "answer":
                 self._report("turn", traj, turn)
                 traj.program, traj.program_issues = resolve_answer(parsed.answer, ctx, cfg.max_references)
+                unusable = [i for i in traj.program_issues if i.startswith(UNUSABLE_PROGRAM_ISSUES)]
+                if unusable and answer_retries > 0 and rnd < max_rounds:
+                    answer_retries -= 1
+                    turn.action = "answer_returned"
+                    traj.messages.append({"role": "user", "content": protocol.answer_returned(unusable)})
+                    continue
                 traj.termination = ANSWER
                 return
             if parsed.kind == "error":
                 self._report("turn", traj, turn)
                 traj.messages.append({"role": "user", "content": protocol.format_error(parsed.error or "")})
                 continue
-            if rnd == cfg.max_rounds:
+            if rnd == max_rounds:
                 turn.action = "tool_call_after_final"   # tools were forbidden; nothing is run
                 self._report("turn", traj, turn)
                 break
-            if n_calls >= cfg.max_tool_calls:
+            if n_calls >= self.max_tool_calls:
                 turn.action = "budget_exceeded"
                 self._report("turn", traj, turn)
                 msg = protocol.BUDGET_EXHAUSTED_MESSAGE.format(n=n_calls)

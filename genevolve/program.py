@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 IMG_ID_RE = re.compile(r"\bIMG_\d{3,}\b")
+# An image id as written in prose, also misspelt ("IMG-001", "IMG 001"): none belongs in gen_prompt.
+IMG_ID_MENTION_RE = re.compile(r"\bIMG[\s_-]?\d{3,}\b", re.IGNORECASE)
 URL_RE = re.compile(r"\bhttps?://\S+|\bwww\.\S+", re.IGNORECASE)
 
 _ORDINAL_WORDS = {
@@ -82,6 +84,11 @@ def ordinals_in(text: str) -> list[int]:
     return [n for _, _, n in reference_mentions(text)]
 
 
+# Issues (prefixes of `check_gen_prompt`'s strings) that make a program unusable as written, as
+# opposed to repairs the runtime already made (reordered or dropped references).
+UNUSABLE_PROGRAM_ISSUES = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt")
+
+
 def check_gen_prompt(gen_prompt: str, n_references: int) -> list[str]:
     issues: list[str] = []
     if not gen_prompt.strip():
@@ -91,7 +98,7 @@ def check_gen_prompt(gen_prompt: str, n_references: int) -> list[str]:
     if beyond:
         issues.append(f"ordinal_out_of_range: gen_prompt names reference {beyond} "
                       f"but the program has {n_references}")
-    ids = IMG_ID_RE.findall(gen_prompt)
+    ids = IMG_ID_MENTION_RE.findall(gen_prompt)
     if ids:
         issues.append(f"img_id_in_gen_prompt: {sorted(set(ids))}")
     if URL_RE.search(gen_prompt):

@@ -46,6 +46,12 @@ BUDGET_EXHAUSTED_MESSAGE = (
     "Do not call tools again; give your <answer> now."
 )
 
+ANSWER_RETURNED_MESSAGE = (
+    "Your answer cannot be rendered as written: {problems}. In gen_prompt, name only the reference "
+    "images you list, by position (\"the first reference image\"), with no IMG ids or links. "
+    "Reply with <think>…</think> and a corrected <answer>."
+)
+
 REPEAT_NOTE = "(You already ran this exact call; here is the same result again. Do not repeat calls.)"
 
 _TAG_RE = re.compile(r"<(tool_call|answer)>", re.IGNORECASE)
@@ -149,23 +155,52 @@ def tool_response(text: str) -> str:
     return f"<tool_response>\n{text}\n</tool_response>"
 
 
+def answer_returned(issues: list[str]) -> str:
+    return ANSWER_RETURNED_MESSAGE.replace("{problems}", "; ".join(issues))
+
+
 def format_error(detail: str) -> str:
     return tool_response(FORMAT_ERROR_MESSAGE.replace("{detail}", detail))
 
 
 def build_system_prompt(tool_schemas: list[dict[str, Any]], *, max_tool_calls: int = MAX_TOOL_CALLS,
-                        max_references: int = MAX_REFERENCES, decision_guide: str | None = None) -> str:
+                        max_references: int = MAX_REFERENCES, decision_guide: str | None = None,
+                        inline_skills: bool = False) -> str:
     """The system prompt: role, tools, skills, budgets, id and ordinal rules, answer format.
 
     `decision_guide` is the privileged experience block that only the VED teacher sees; it sits
     before the tool definitions, so student and teacher contexts differ in that block alone.
+    `inline_skills` writes each skill's short rules into the prompt instead of its triggers, for
+    a policy that cannot afford a tool call per skill: the prompt is prefilled once and cached,
+    while every skill loaded at run time costs a turn.
     """
     skills = load_skills()
-    skill_lines = "\n".join(
-        f"- {s.name}: {s.description}\n  Use when: {s.use_when}\n  Not when: {s.not_when}"
-        for s in skills.values())
     tools = "\n".join(json.dumps(s, ensure_ascii=False) for s in tool_schemas)
     guide = f"\n# Current-Task Decision Guide\n{decision_guide.strip()}\n" if decision_guide else ""
+    if inline_skills:
+        skill_lines = "\n".join(f"- {s.name}: {s.brief}" for s in skills.values())
+        skills_block = f"""# Skills
+Apply the rules of every skill the request calls for (query_knowledge returns a longer version):
+{skill_lines}"""
+        how = f"""1. You have at most {max_tool_calls} tool calls, so be quick. Call `search` only for a fact \
+you do not know (who, what, where); otherwise go straight to images.
+2. Call `image_search` once per subject that needs a reference (a flag, a landmark, a species). \
+Every image found has an id like IMG_001.
+3. Answer as soon as each subject has a good reference. Pick at most {max_references}, one per subject.
+4. Be brief: <think> is one short sentence; gen_prompt is one or two sentences (under 50 words) \
+that state what the request asks for, with no padding."""
+    else:
+        skill_lines = "\n".join(
+            f"- {s.name}: {s.description}\n  Use when: {s.use_when}\n  Not when: {s.not_when}"
+            for s in skills.values())
+        skills_block = f"# Skills (load with query_knowledge)\n{skill_lines}"
+        how = f"""1. Find the facts the request hides (who, what, where, when) with `search` before choosing images.
+2. Call `image_search` at least once, one subject per call. Every image found has an id like IMG_001.
+3. Load every skill whose trigger the request meets; after a skill result, say in your next \
+<think> which rules you will apply, and apply them in gen_prompt.
+4. At most {max_tool_calls} tool calls in total. Never repeat the same call.
+5. Pick at most {max_references} references: the most faithful image per subject, no two of the \
+same subject."""
     return f"""You are an image-generation agent. You turn a user's request into a program for a \
 reference-conditioned image generator: a precise generation prompt plus up to {max_references} \
 reference images. You cannot see images; you work from search results, image titles and the skills.
@@ -174,17 +209,10 @@ reference images. You cannot see images; you work from search results, image tit
 Call one tool per turn. Available tools (JSON schema of each):
 {tools}
 
-# Skills (load with query_knowledge)
-{skill_lines}
+{skills_block}
 
 # How to work
-1. Find the facts the request hides (who, what, where, when) with `search` before choosing images.
-2. Call `image_search` at least once, one subject per call. Every image found has an id like IMG_001.
-3. Load every skill whose trigger the request meets; after a skill result, say in your next \
-<think> which rules you will apply, and apply them in gen_prompt.
-4. At most {max_tool_calls} tool calls in total. Never repeat the same call.
-5. Pick at most {max_references} references: the most faithful image per subject, no two of the \
-same subject.
+{how}
 
 # Turn format
 Every reply is <think>your reasoning</think> followed by exactly one of:

@@ -132,9 +132,42 @@ def test_ordinal_out_of_range_and_ids_in_prompt_flagged(tools):
     script = [tool_call("image_search", {"query": "flag australia"}),
               answer("Combine the first and the second reference image; see IMG_001", ["IMG_001"])]
     with FakeChatServer(script) as server:
-        traj = run(server, tools)
+        traj = run(server, tools, AgentConfig(answer_retries=0))
     issues = "\n".join(traj.program_issues)
     assert "ordinal_out_of_range" in issues and "img_id_in_gen_prompt" in issues
+
+
+def test_unusable_answer_goes_back_with_the_reason_and_the_correction_is_kept(tools):
+    bad = answer("The first reference image beside the second reference image", ["IMG_001"])
+    good = answer("The flag from the first reference image on a pole", ["IMG_001"])
+    script = [tool_call("image_search", {"query": "flag australia"}), bad, good]
+    with FakeChatServer(script) as server:
+        traj = run(server, tools, grammar="llama.cpp")
+    assert [t.action for t in traj.turns] == ["tool_call", "answer_returned", "answer"]
+    assert traj.termination == ANSWER and traj.program_issues == []
+    assert traj.program.gen_prompt.startswith("The flag from the first")
+    returned = user_messages(server.requests[2])[-1]
+    assert returned.startswith("Your answer cannot be rendered") and "ordinal_out_of_range" in returned
+    assert "<tool_call>" not in server.requests[2]["grammar"]      # only a corrected answer is admitted
+
+
+def test_answer_goes_back_only_once(tools):
+    bad = answer("The first reference image beside the second reference image", ["IMG_001"])
+    with FakeChatServer([tool_call("image_search", {"query": "flag australia"}), bad, bad]) as server:
+        traj = run(server, tools)
+    assert [t.action for t in traj.turns] == ["tool_call", "answer_returned", "answer"]
+    assert traj.termination == ANSWER and any(i.startswith("ordinal_out_of_range") for i in traj.program_issues)
+
+
+def test_policy_budget_sets_tool_calls_and_rounds_unless_the_config_does(tools):
+    policy = OpenAICompatPolicy("http://127.0.0.1:9", "m")
+    policy.tool_call_budget = 2
+    agent = Agent(policy, tools)
+    assert (agent.max_tool_calls, agent.max_rounds) == (2, 3) and "At most 2 tool calls" in agent.system_prompt
+    agent = Agent(policy, tools, AgentConfig(max_tool_calls=5))
+    assert (agent.max_tool_calls, agent.max_rounds) == (5, 6)
+    assert (Agent(OpenAICompatPolicy("http://127.0.0.1:9", "m"), tools).max_tool_calls,
+            Agent(OpenAICompatPolicy("http://127.0.0.1:9", "m"), tools).max_rounds) == (10, 11)
 
 
 def test_wrong_argument_types_and_unknown_tool_are_observations(tools):
@@ -235,3 +268,9 @@ def test_search_results_are_trimmed_to_the_policy_budget(tools):
         traj = asyncio.run(Agent(policy, tools).run("words"))
     obs = traj.tool_calls[0].observation
     assert len(obs) <= 1500 and obs.count("Source:") == 5 and "…" in obs
+    with FakeChatServer([tool_call("search", {"queries": ["word", "doc"]}), answer("x", [])]) as server:
+        policy = OpenAICompatPolicy(server.base_url, "m")
+        policy.observation_chars = 500     # too small for ten usable snippets: one hit per query
+        traj = asyncio.run(Agent(policy, tools).run("words"))
+    obs = traj.tool_calls[0].observation
+    assert obs.count("Source:") == 2 and len(obs) <= 700

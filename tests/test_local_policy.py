@@ -14,7 +14,9 @@ from genevolve import protocol
 from genevolve.models import GGUF_MAGIC, model_status
 from genevolve.policies import make_policy
 from genevolve.policies.base import PolicyError, Sampling
-from genevolve.policies.grammar import ANSWER_ONLY, ANY, TOOLS_ONLY, grammar_for_tools, turn_mode
+from genevolve.policies.grammar import (ANSWER_ONLY, ANY, IMAGE_SEARCH_ONLY, TOOLS_ONLY, ProtocolGrammar,
+                                       grammar_for_tools,
+                                       loaded_skills, tighten_schemas, turn_mode)
 from genevolve.policies.local import LocalGGUFPolicy
 from genevolve.tools import ImageSearchTool, KnowledgeTool, SearchTool
 from genevolve.tools.base import validate_arguments
@@ -62,6 +64,50 @@ def test_turn_modes_follow_the_protocol():
     tools_only = grammar_for_tools(SCHEMAS, mode=TOOLS_ONLY)
     assert '"<tool_call>"' in tools_only and "<answer>" not in tools_only.split("root ::=")[1].split("\n")[0]
     assert "prompt-char" in grammar_for_tools(SCHEMAS, mode=ANY)   # gen_prompt cannot hold "_" (IMG ids)
+
+
+def test_loaded_skills_cannot_be_asked_for_again():
+    convo = [{"role": "system", "content": "s"}, {"role": "user", "content": "draw a sign"},
+             {"role": "assistant", "content": '<think>t</think><tool_call>{"name": "query_knowledge", '
+                                              '"arguments": {"skill_name": "text_rendering"}}</tool_call>'},
+             {"role": "user", "content": protocol.tool_response("rules")}]
+    assert loaded_skills(convo) == {"text_rendering"}
+    grammar = ProtocolGrammar(SCHEMAS)
+    narrowed = grammar.for_messages(convo)
+    assert '\\"text_rendering\\"' not in narrowed and '\\"spatial_layout\\"' in narrowed
+    assert grammar.for_messages(convo) is narrowed           # built once per kind of turn
+    every = grammar_for_tools(SCHEMAS, loaded_skills=frozenset(SKILL_NAMES))
+    assert "query_knowledge" not in every and '"image_search' in every.replace('\\"', '"')
+    returned = convo + [{"role": "user", "content": protocol.answer_returned(["ordinal_out_of_range: x"])}]
+    assert turn_mode(returned) == ANSWER_ONLY
+
+
+def test_last_call_of_a_budget_without_image_search_must_be_one():
+    searched = [{"role": "system", "content": "s"}, {"role": "user", "content": "a flag"}]
+    for i in range(2):
+        searched += [{"role": "assistant", "content": '<think>t</think><tool_call>{"name": "search", '
+                                                      f'"arguments": {{"queries": ["q{i}"]}}}}</tool_call>'},
+                     {"role": "user", "content": protocol.tool_response("facts")}]
+    assert turn_mode(searched) == TOOLS_ONLY                     # no budget known: any tool
+    assert turn_mode(searched, max_tool_calls=4) == TOOLS_ONLY
+    assert turn_mode(searched, max_tool_calls=3) == IMAGE_SEARCH_ONLY
+    grammar = ProtocolGrammar(SCHEMAS, max_tool_calls=3).for_messages(searched)
+    assert "call-image-search" in grammar and "call-search" not in grammar and "call-query" not in grammar
+    assert '"<answer>"' not in grammar.split("\n")[0]
+
+
+def test_tightened_schemas_cap_lists_and_counts_and_tools_accept_them():
+    tight = {s["name"]: s for s in tighten_schemas(SCHEMAS, max_items=2, max_integer=3)}
+    search = tight["search"]["parameters"]["properties"]
+    assert search["queries"]["maxItems"] == 2 and search["top_k"]["maximum"] == 3
+    assert search["top_k"]["default"] == 3 and tight["image_search"]["parameters"]["properties"]["top_k"]["maximum"] == 3
+    assert SCHEMA_BY_NAME["search"]["parameters"]["properties"]["queries"]["maxItems"] == 5   # originals untouched
+    grammar = grammar_for_tools(list(tight.values()))
+    assert '"3" | "2" | "1"' in grammar
+    # what the tight grammar admits, the tools' own validation accepts
+    validate_arguments(SCHEMA_BY_NAME["search"]["parameters"], {"queries": ["a", "b"], "top_k": 3})
+    policy = LocalGGUFPolicy(tool_schemas=SCHEMAS)
+    assert '"3" | "2" | "1"' in policy.grammar.build() and policy.tool_call_budget == 3 and policy.inline_skills
 
 
 def test_construction_is_cheap_and_registered():
@@ -146,6 +192,22 @@ def test_final_round_gets_an_answer(policy):
     assert _assert_one_protocol_action(reply.text).kind == "answer"
     assert reply.logprobs and len(reply.logprobs) == reply.completion_tokens
     assert all(lp <= 0.0 for lp in reply.logprobs)
+
+
+@pytest.mark.model
+@needs_model
+def test_reply_sent_back_is_not_prefilled_again(policy):
+    messages = _conversation("A photo of the flag of the country whose capital is Lima.")
+    first = policy.chat_blocking(messages, SAMPLING)
+    assert policy._tag_tokens["<tool_call>"] == "<[151657]>"     # Qwen's one-token tag
+    assert _assert_one_protocol_action(first.text).kind == "tool_call"
+    observation = protocol.tool_response("--- image search result for [flag of Peru] ---\n[IMG_001] Flag of Peru")
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": observation}]
+    second = policy.chat_blocking(messages, SAMPLING)
+    new_tokens = len(policy._post("/tokenize", {"content": observation})["tokens"])
+    # Only the observation and the chat template's few role tokens are new; the reply itself
+    # (sampled under the grammar) comes back token for token and stays cached.
+    assert second.raw["timings"]["prompt_n"] <= new_tokens + 12, (first.text, second.raw["timings"])
 
 
 SHORT_SYSTEM = ("You plan images. Reply with <think>reasoning</think> and then either "

@@ -68,6 +68,16 @@ def test_system_prompt_mentions_every_tool_skill_and_rule(tools):
     assert guided.index("Decision Guide") < guided.index("# Tools")
 
 
+def test_inline_skills_prompt_carries_the_briefs_and_the_small_budget(tools):
+    from genevolve.tools.knowledge import load_skills
+    prompt = protocol.build_system_prompt([t.schema() for t in tools], max_tool_calls=3, inline_skills=True)
+    for skill in load_skills().values():
+        assert f"- {skill.name}: {skill.brief}" in prompt
+    assert "Use when:" not in prompt and "at most 3 tool calls" in prompt
+    assert "the first reference image" in prompt and "<answer>" in prompt
+    assert len(prompt) < len(protocol.build_system_prompt([t.schema() for t in tools]))
+
+
 def test_ordinals_and_program_checks():
     assert ordinals_in("Put the second reference image left of the first reference image, "
                        "and reference image 3 behind") == [2, 1, 3]

@@ -46,3 +46,20 @@ def test_query_knowledge_rejects_unknown_or_missing_skill(arguments):
 def test_parse_skill_names_the_missing_key():
     with pytest.raises(ValueError, match="not_when"):
         parse_skill("---\nname: x\ndescription: d\nuse_when: u\n---\nbody", "skills/x.md")
+
+
+def test_every_skill_has_a_short_brief_returned_when_the_budget_is_small():
+    for name, skill in load_skills().items():
+        assert 25 <= len(skill.brief.split()) <= 60, f"{name}: brief has {len(skill.brief.split())} words"
+        assert "IMG_" not in skill.brief and "Before:" not in skill.brief
+    small = asyncio.run(KnowledgeTool().call({"skill_name": "quantity_counting"}, ToolContext(observation_chars=600)))
+    assert small.text == ("## Skill Guidance\n\n=== Skill: quantity_counting ===\n"
+                          + load_skills()["quantity_counting"].brief)
+    assert "Before:" not in small.text and len(small.text) <= 600
+    full = asyncio.run(KnowledgeTool().call({"skill_name": "quantity_counting"}, ToolContext(observation_chars=3000)))
+    assert "Before:" in full.text
+
+
+def test_parse_skill_requires_a_brief():
+    with pytest.raises(ValueError, match="brief"):
+        parse_skill("---\nname: x\ndescription: d\nuse_when: u\nnot_when: n\n---\nbody", "skills/x.md")

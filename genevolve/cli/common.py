@@ -32,6 +32,10 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads of the local policy (default: all)")
     g.add_argument("--no-prefix-cache", action="store_true",
                    help="do not save/restore the local policy's system-prompt KV cache on disk")
+    g.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="per-request budget of the local policy, e.g. tool_call_budget=5, "
+                        "observation_chars=2000, max_gen_prompt_chars=800 (repeatable; also [policy] in "
+                        "the config file)")
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--max-tokens", type=int, default=None, help="tokens per turn")
@@ -102,7 +106,15 @@ def build_policy(args: argparse.Namespace):
             value = setting(value, None, "policy", key)
             if value is not None:
                 options[key] = value
-        return make_policy("local", **options)
+        from ..policies.local import LocalGGUFPolicy
+        budget = {key: setting(None, None, "policy", key) for key in LocalGGUFPolicy.DEFAULT_BUDGET}
+        budget = {key: value for key, value in budget.items() if value is not None}
+        budget.update(parse_options(getattr(args, "policy_opt", []), "--policy-opt"))
+        unknown = sorted(set(budget) - set(LocalGGUFPolicy.DEFAULT_BUDGET))
+        if unknown:
+            raise SystemExit(f"--policy-opt {', '.join(unknown)}: not a local policy option; known: "
+                             f"{', '.join(LocalGGUFPolicy.DEFAULT_BUDGET)}")
+        return make_policy("local", **options, **budget)
     if name == "scripted":
         if not args.script:
             raise SystemExit("--policy scripted needs --script FILE (a JSON list of assistant turns)")

@@ -42,9 +42,26 @@ class Policy(ABC):
     # Characters of one tool observation this policy can afford to read (None: the runtime's
     # default). A small model on a CPU pays seconds for every hundred tokens it reads.
     observation_chars: int | None = None
+    # Tool calls per request this policy can afford (None: the protocol's budget). The agent
+    # uses it unless its own config sets one.
+    tool_call_budget: int | None = None
+    # Whether the system prompt should carry the skills' short rules, so that the policy need not
+    # spend tool calls loading them (see protocol.build_system_prompt).
+    inline_skills: bool = False
 
     @abstractmethod
     async def chat(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply: ...
+
+    async def warm(self, system_prompt: str) -> None:
+        """Get ready to serve conversations that start with this system prompt (load a model,
+        prefill the prompt); a no-op for policies with nothing to prepare."""
+
+    def set_tools(self, schemas: list[dict[str, Any]], max_tool_calls: int | None = None
+                  ) -> list[dict[str, Any]]:
+        """Told the tools and the tool-call budget before the first chat; returns the schemas as
+        this policy will use them (a constrained policy may cap lists and counts), which the
+        system prompt then shows."""
+        return schemas
 
     async def aclose(self) -> None:
         pass

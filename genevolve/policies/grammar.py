@@ -121,47 +121,127 @@ class _GrammarBuilder:
         return "\n".join(f"{n} ::= {self.rules[n]}" for n in order) + "\n"
 
 
+# The protocol's tags; a model may have some of them as single special tokens (see grammar_for_tools).
+PROTOCOL_TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<answer>", "</answer>")
+
 # Which actions a turn may take; see `turn_mode`.
-ANY, TOOLS_ONLY, ANSWER_ONLY = "any", "tools_only", "answer_only"
-TURN_MODES = (ANY, TOOLS_ONLY, ANSWER_ONLY)
+ANY, TOOLS_ONLY, ANSWER_ONLY, IMAGE_SEARCH_ONLY = "any", "tools_only", "answer_only", "image_search_only"
+TURN_MODES = (ANY, TOOLS_ONLY, ANSWER_ONLY, IMAGE_SEARCH_ONLY)
+SKILL_TOOL, SKILL_ARGUMENT = "query_knowledge", "skill_name"
 
 
 def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
-                      max_think_chars: int = MAX_THINK_CHARS, max_references: int = MAX_REFERENCES) -> str:
+                      max_think_chars: int = MAX_THINK_CHARS, max_references: int = MAX_REFERENCES,
+                      max_gen_prompt_chars: int = MAX_GEN_PROMPT_CHARS, max_note_chars: int = MAX_NOTE_CHARS,
+                      loaded_skills: frozenset[str] = frozenset(),
+                      tag_tokens: dict[str, str] | None = None) -> str:
     """A GBNF grammar admitting exactly one protocol turn for these tools.
 
     `<think>` free text (no '<', at most `max_think_chars`) `</think>`, then either
     `<tool_call>{"name": TOOL, "arguments": {...}}</tool_call>` with each tool's arguments shaped
     by its JSON schema, or `<answer>{"gen_prompt": ..., "reference_images": [...]}</answer>`.
-    `mode` ANSWER_ONLY drops the tool-call branch, TOOLS_ONLY the answer branch.
+    `mode` ANSWER_ONLY drops the tool-call branch, TOOLS_ONLY the answer branch,
+    IMAGE_SEARCH_ONLY both the answer and every tool but image_search. Skills in
+    `loaded_skills` cannot be asked for again (their text is already in the context).
+    `tag_tokens` maps tags to llama.cpp token expressions (`<[151657]>`) that replace their
+    text spelling (see LocalGGUFPolicy._protocol_tag_tokens for why).
     """
+    def tag(text: str) -> str:
+        return (tag_tokens or {}).get(text) or _literal(text)
+
     if mode not in TURN_MODES:
         raise ValueError(f"mode must be one of {TURN_MODES}, not {mode!r}")
     g = _GrammarBuilder()
     branches = []
     if mode != ANSWER_ONLY:
         calls = []
-        for schema in tool_schemas:
+        schemas = _without_skills(tool_schemas, loaded_skills)
+        if mode == IMAGE_SEARCH_ONLY:
+            schemas = [s for s in schemas if s["name"] == "image_search"] or schemas
+        for schema in schemas:
             name = schema["name"]
             args = g.schema(f"args-{name}", schema.get("parameters") or {"type": "object"})
             calls.append(g.add(f"call-{name}", f'"{{" ws {_json_literal("name")} ws ":" ws {_json_literal(name)}'
                                                 f' ws "," ws {_json_literal("arguments")} ws ":" ws {args} ws "}}"'))
         if calls:
-            g.add("tool-call", '"<tool_call>" (' + " | ".join(calls) + ') "</tool_call>"')
+            g.add("tool-call", f'{tag("<tool_call>")} (' + " | ".join(calls) + f') {tag("</tool_call>")}')
             branches.append("tool-call")
     img_id = g.add("img-id", '"\\"IMG_" [0-9]{3} "\\""')
     reference = g.object("reference", [("img_id", img_id, True),
-                                       ("note", g.string("note", 0, MAX_NOTE_CHARS), True)])
-    gen_prompt = g.add("gen-prompt", f'"\\"" prompt-char{{1,{MAX_GEN_PROMPT_CHARS}}} "\\""')
+                                       ("note", g.string("note", 0, max_note_chars), True)])
+    gen_prompt = g.add("gen-prompt", f'"\\"" prompt-char{{1,{max_gen_prompt_chars}}} "\\""')
     program = g.object("program", [
         ("gen_prompt", gen_prompt, True),
         ("reference_images", g.array("references", reference, 0, max_references), True)])
-    g.add("answer", f'"<answer>" {program} "</answer>"')
-    if mode != TOOLS_ONLY:
+    g.add("answer", f'{tag("<answer>")} {program} {tag("</answer>")}')
+    if mode not in (TOOLS_ONLY, IMAGE_SEARCH_ONLY) or not branches:
         branches.append("answer")
-    g.add("think", f'"<think>" [^<]{{0,{max_think_chars}}} "</think>"')
+    g.add("think", f'{tag("<think>")} [^<]{{0,{max_think_chars}}} {tag("</think>")}')
     g.add("root", 'think "\\n"? (' + " | ".join(branches) + ")")
     return g.render()
+
+
+def _without_skills(tool_schemas: list[dict[str, Any]], loaded: frozenset[str]) -> list[dict[str, Any]]:
+    """The schemas with loaded skills taken out of the skill tool's choices (the tool goes when none is left)."""
+    if not loaded:
+        return tool_schemas
+    out = []
+    for schema in tool_schemas:
+        params = schema.get("parameters") or {}
+        spec = (params.get("properties") or {}).get(SKILL_ARGUMENT)
+        if schema["name"] != SKILL_TOOL or not spec or "enum" not in spec:
+            out.append(schema)
+            continue
+        left = [s for s in spec["enum"] if s not in loaded]
+        if left:
+            props = {**params["properties"], SKILL_ARGUMENT: {**spec, "enum": left}}
+            out.append({**schema, "parameters": {**params, "properties": props}})
+    return out
+
+
+def tighten_schemas(tool_schemas: list[dict[str, Any]], *, max_items: int | None = None,
+                    max_integer: int | None = None) -> list[dict[str, Any]]:
+    """Copies of the schemas with every array capped at `max_items` and every bounded integer at
+    `max_integer`: a small model then cannot ask for more results than it can afford to read."""
+    def tighten(spec: Any) -> Any:
+        if not isinstance(spec, dict):
+            return spec
+        spec = {k: (tighten(v) if k in ("items", "parameters") else
+                    {n: tighten(s) for n, s in v.items()} if k == "properties" else v)
+                for k, v in spec.items()}
+        if spec.get("type") == "array" and max_items is not None:
+            spec["maxItems"] = min(int(spec.get("maxItems", max_items)), max_items)
+            spec["minItems"] = min(int(spec.get("minItems", 0)), spec["maxItems"])
+        if spec.get("type") == "integer" and max_integer is not None and "maximum" in spec:
+            spec["maximum"] = max(min(int(spec["maximum"]), max_integer), int(spec.get("minimum", 0)))
+            if "default" in spec:
+                spec["default"] = min(spec["default"], spec["maximum"])
+        return spec
+    return [tighten(s) for s in tool_schemas]
+
+
+class ProtocolGrammar:
+    """The grammars for one tool set, one per kind of turn, built on first use and kept."""
+
+    def __init__(self, tool_schemas: list[dict[str, Any]], *, max_tool_calls: int | None = None,
+                 **options: Any):
+        self.tool_schemas = list(tool_schemas)
+        self.max_tool_calls = max_tool_calls
+        self.options = options
+        self._built: dict[tuple[str, frozenset[str]], str] = {}
+
+    def build(self, mode: str = ANY, loaded_skills: frozenset[str] = frozenset()) -> str:
+        key = (mode, frozenset(loaded_skills))
+        if key not in self._built:
+            if len(self._built) > 64:          # skill subsets are few per request; bound them anyway
+                self._built.clear()
+            self._built[key] = grammar_for_tools(self.tool_schemas, mode=mode, loaded_skills=key[1],
+                                                 **self.options)
+        return self._built[key]
+
+    def for_messages(self, messages: list[dict[str, Any]]) -> str:
+        """The grammar of the next turn of this conversation."""
+        return self.build(turn_mode(messages, self.max_tool_calls), loaded_skills(messages))
 
 
 def protocol_tool_schemas() -> list[dict[str, Any]]:
@@ -171,20 +251,41 @@ def protocol_tool_schemas() -> list[dict[str, Any]]:
             for c in (SearchTool, ImageSearchTool, KnowledgeTool)]
 
 
-def turn_mode(messages: list[dict[str, Any]]) -> str:
+def turn_mode(messages: list[dict[str, Any]], max_tool_calls: int | None = None) -> str:
     """Which actions the protocol allows in the next turn.
 
     ANSWER_ONLY once the runtime has forbidden tools (the final round, or the tool budget is
-    spent); TOOLS_ONLY until `image_search` has been called, because the protocol asks for at
-    least one image search before answering; ANY otherwise.
+    spent) or returned an answer for correction; TOOLS_ONLY until `image_search` has been
+    called, because the protocol asks for at least one image search before answering, and
+    IMAGE_SEARCH_ONLY when only one call of `max_tool_calls` is left and none was an image
+    search; ANY otherwise.
     """
     from .. import protocol
     last = messages[-1] if messages else {}
     content = last.get("content") if last.get("role") == "user" else None
     if isinstance(content, str):
         budget_note = protocol.BUDGET_EXHAUSTED_MESSAGE.split("{n}")[0]
-        if content.strip() == protocol.FINAL_STEP_MESSAGE or budget_note in content:
+        returned = protocol.ANSWER_RETURNED_MESSAGE.split("{problems}")[0]
+        if content.strip() == protocol.FINAL_STEP_MESSAGE or budget_note in content or returned in content:
             return ANSWER_ONLY
-    searched = any(m.get("role") == "assistant" and protocol.parse_turn(m.get("content") or "").tool_name
-                   == "image_search" for m in messages)
-    return ANY if searched else TOOLS_ONLY
+    calls = [name for name, _ in _calls(messages)]
+    if "image_search" in calls:
+        return ANY
+    return IMAGE_SEARCH_ONLY if max_tool_calls and len(calls) >= max_tool_calls - 1 else TOOLS_ONLY
+
+
+def loaded_skills(messages: list[dict[str, Any]]) -> frozenset[str]:
+    """The skills this conversation has already loaded with query_knowledge."""
+    return frozenset(args.get(SKILL_ARGUMENT) for name, args in _calls(messages)
+                     if name == SKILL_TOOL and isinstance(args, dict) and isinstance(args.get(SKILL_ARGUMENT), str))
+
+
+def _calls(messages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    from .. import protocol
+    calls = []
+    for m in messages:
+        if m.get("role") == "assistant":
+            parsed = protocol.parse_turn(m.get("content") or "")
+            if parsed.kind == "tool_call":
+                calls.append((parsed.tool_name, parsed.arguments))
+    return calls

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import cache_dir
 from .base import Policy, PolicyError, PolicyReply, Sampling
-from .grammar import MAX_THINK_CHARS, TURN_MODES, grammar_for_tools, protocol_tool_schemas, turn_mode
+from .grammar import PROTOCOL_TAGS, ProtocolGrammar, protocol_tool_schemas, tighten_schemas
 
 KV_FILES_KEPT = 16             # saved system-prompt prefixes kept on disk (about 30-60 MB each)
 
@@ -42,25 +42,37 @@ class LocalGGUFPolicy(Policy):
     """
 
     name = "local"
-    # About 500 tokens, enough for a whole skill: at ~80 prompt tokens/s on two cores every
-    # observation costs seconds, so search results are trimmed to fit.
-    observation_chars = 2000
+    # What one request may cost. On two CPU cores this model reads ~20-80 prompt tokens/s and
+    # writes ~9-14 tokens/s, so every observation token and every generated token is time:
+    # these defaults keep a request to three tool calls, results a few lines long, short thinking
+    # and a focused gen_prompt (benchmarks/offline_latency.py measures the effect).
+    DEFAULT_BUDGET = {"tool_call_budget": 3, "observation_chars": 450, "max_think_chars": 100,
+                      "max_gen_prompt_chars": 320, "max_note_chars": 40, "max_queries": 1, "max_results": 3}
+    inline_skills = True
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 8192,
                  n_threads: int | None = None, constrained: bool = True, prefix_cache: bool = True,
                  tool_schemas: list[dict[str, Any]] | None = None, kv_dir: str | os.PathLike | None = None,
-                 max_think_chars: int = MAX_THINK_CHARS, verbose: bool = False):
+                 verbose: bool = False, **budget: Any):
+        unknown = set(budget) - set(self.DEFAULT_BUDGET)
+        if unknown:
+            raise TypeError(f"local policy: unknown option(s) {', '.join(sorted(unknown))}")
+        budget = {key: int(budget.get(key, default)) for key, default in self.DEFAULT_BUDGET.items()}
         self.model_path = model_path
         self.n_ctx = int(n_ctx)
         self.n_threads = int(n_threads) if n_threads else (os.cpu_count() or 1)
         self.constrained = _as_bool(constrained)
         self.prefix_cache = _as_bool(prefix_cache)
         self.kv_dir = Path(kv_dir) if kv_dir else None
-        self.max_think_chars = int(max_think_chars)
+        self.tool_call_budget = budget["tool_call_budget"]
+        self.observation_chars = budget["observation_chars"]
+        self.max_think_chars = budget["max_think_chars"]
+        self.max_gen_prompt_chars = budget["max_gen_prompt_chars"]
+        self.max_note_chars = budget["max_note_chars"]
+        self.max_queries, self.max_results = budget["max_queries"], budget["max_results"]
         self.verbose = _as_bool(verbose)
         self.stats: dict[str, Any] = {}
-        self._grammars: dict[bool, str] = {}
-        self._tool_schemas: list[dict[str, Any]] = []
+        self._tag_tokens: dict[str, str] = {}     # known once the model is loaded
         self.set_tools(tool_schemas if tool_schemas is not None else protocol_tool_schemas())
         self._lock = threading.Lock()
         self._server: Any = None
@@ -71,15 +83,20 @@ class LocalGGUFPolicy(Policy):
         self._prefix_keys: dict[str, tuple[str, str]] = {}   # system prompt -> (key, template text)
 
     # -- configuration ----------------------------------------------------------------------
-    def set_tools(self, schemas: list[dict[str, Any]]) -> None:
-        """Constrain tool calls to these tools (the agent passes `[tool.schema() for tool in tools]`)."""
-        self._tool_schemas = list(schemas)
-        self._grammars = {mode: grammar_for_tools(self._tool_schemas, mode=mode,
-                                                  max_think_chars=self.max_think_chars)
-                          for mode in TURN_MODES}
+    def set_tools(self, schemas: list[dict[str, Any]], max_tool_calls: int | None = None
+                  ) -> list[dict[str, Any]]:
+        """Constrain tool calls to these tools, with argument lists and result counts capped to
+        what this policy can afford; returns the capped schemas for the system prompt."""
+        schemas = tighten_schemas(schemas, max_items=self.max_queries, max_integer=self.max_results)
+        self._tool_schemas, self._max_tool_calls = schemas, max_tool_calls or self.tool_call_budget
+        self._build_grammar()
+        return schemas
 
-    def grammar(self, mode: str = "any") -> str:
-        return self._grammars[mode]
+    def _build_grammar(self) -> None:
+        self.grammar = ProtocolGrammar(self._tool_schemas, max_tool_calls=self._max_tool_calls,
+                                       max_think_chars=self.max_think_chars,
+                                       max_gen_prompt_chars=self.max_gen_prompt_chars,
+                                       max_note_chars=self.max_note_chars, tag_tokens=self._tag_tokens)
 
     # -- loading ----------------------------------------------------------------------------
     def load(self) -> None:
@@ -139,6 +156,38 @@ class LocalGGUFPolicy(Policy):
                               f"truncated or not a chat model; check it with `genevolve doctor`.") from None
         self._base_url = self._server.listening_address.rstrip("/")
         self.stats.update(model_path=str(path), load_s=round(time.perf_counter() - started, 3))
+        self._tag_tokens = self._protocol_tag_tokens()
+        self._build_grammar()
+
+    def _protocol_tag_tokens(self) -> dict[str, str]:
+        """GBNF token expressions for the protocol tags that must be sampled as exact tokens.
+
+        llama.cpp reuses its KV cache only up to the first token where the conversation sent
+        back differs from what it computed. A tag the grammar spells as text can be sampled in
+        pieces ('<', 'tool', '_call', '>') that the server, re-tokenizing the reply next turn,
+        writes as one token, so everything after it would be prefilled again each turn. Tags
+        that are one vocabulary token (Qwen's `<tool_call>`) are therefore matched as that
+        token, and the opening `<think>`, which starts every reply so nothing merges into it,
+        as its own tokens.
+        """
+        def tokenize(text: str) -> list[dict[str, Any]]:
+            return self._post("/tokenize", {"content": text, "add_special": False, "parse_special": True,
+                                            "with_pieces": True})["tokens"]
+        exprs = {}
+        for tag in PROTOCOL_TAGS:
+            tokens = tokenize(tag)
+            if "".join(str(t.get("piece")) for t in tokens) == tag and (len(tokens) == 1 or tag == "<think>"):
+                exprs[tag] = " ".join(f"<[{int(t['id'])}]>" for t in tokens)
+        return exprs
+
+    async def warm(self, system_prompt: str) -> None:
+        """Load the model and put this system prompt's prefix in the KV cache (from disk if saved)."""
+        def prepare() -> None:
+            with self._lock:
+                self._load_locked()
+                if self.prefix_cache:
+                    self._ensure_prefix(system_prompt)
+        await asyncio.to_thread(prepare)
 
     # -- chat -------------------------------------------------------------------------------
     async def chat(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply:
@@ -164,7 +213,7 @@ class LocalGGUFPolicy(Policy):
             if sampling.logprobs:
                 body["logprobs"] = True
             if self.constrained:
-                body["grammar"] = self._grammars[turn_mode(messages)]
+                body["grammar"] = self.grammar.for_messages(messages)
             try:
                 result = self._server.handle_chat_completions(body)
             except Exception as exc:            # the binding raises on malformed requests

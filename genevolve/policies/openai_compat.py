@@ -12,7 +12,7 @@ import aiohttp
 
 from ..httpretry import is_retryable_status, parse_retry_after
 from .base import Policy, PolicyError, PolicyReply, Sampling
-from .grammar import TURN_MODES, grammar_for_tools, turn_mode
+from .grammar import ProtocolGrammar
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024     # a chat reply larger than this is a broken server
 # How servers take a GBNF grammar in a chat request.
@@ -73,20 +73,22 @@ class OpenAICompatPolicy(Policy):
             raise PolicyError(f"grammar must be one of {', '.join(GRAMMAR_FIELDS)}, not {grammar!r}")
         self.grammar_style = grammar
         self.constrained = grammar is not None
-        self._grammars: dict[str, str] = {}
+        self._grammar: ProtocolGrammar | None = None
         self._sessions = _SessionPerLoop(max_connections, timeout_s)
 
-    def set_tools(self, schemas: list[dict[str, Any]]) -> None:
+    def set_tools(self, schemas: list[dict[str, Any]], max_tool_calls: int | None = None
+                  ) -> list[dict[str, Any]]:
         """Build the protocol grammar for these tools (sent only when a grammar style is set)."""
         if self.constrained:
-            self._grammars = {mode: grammar_for_tools(schemas, mode=mode) for mode in TURN_MODES}
+            self._grammar = ProtocolGrammar(schemas, max_tool_calls=max_tool_calls)
+        return schemas
 
     async def chat(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply:
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": sampling.temperature, "top_p": sampling.top_p,
                                 "max_tokens": sampling.max_tokens, **self.extra_body}
-        if self.constrained and self._grammars:
-            body.update(GRAMMAR_FIELDS[self.grammar_style](self._grammars[turn_mode(messages)]))
+        if self.constrained and self._grammar:
+            body.update(GRAMMAR_FIELDS[self.grammar_style](self._grammar.for_messages(messages)))
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         if sampling.stop:

@@ -7,6 +7,8 @@ Each skill is a Markdown file in `genevolve/skills/` with a small front matter:
     description: one line, shown in the system prompt
     use_when: when to call it (shown in the system prompt)
     not_when: when not to call it (shown in the system prompt)
+    brief: the rules in two or three sentences, returned instead of the body when the policy's
+           observation budget is too small for it (a small model on a CPU)
     ---
     body: the rewriting rules, returned only when the policy asks for the skill
 
@@ -35,6 +37,7 @@ class Skill:
     use_when: str
     not_when: str
     body: str
+    brief: str          # the rules in two or three sentences, for policies with a small budget
 
 
 def parse_skill(text: str, source: str) -> Skill:
@@ -52,10 +55,11 @@ def parse_skill(text: str, source: str) -> Skill:
         if not sep:
             raise ValueError(f"{source}:{lineno}: expected 'key: value', got {line!r}")
         meta[key.strip()] = value.strip()
-    for key in ("name", "description", "use_when", "not_when"):
+    for key in ("name", "description", "use_when", "not_when", "brief"):
         if not meta.get(key):
             raise ValueError(f"{source}: front matter lacks '{key}'")
-    return Skill(meta["name"], meta["description"], meta["use_when"], meta["not_when"], body.strip())
+    return Skill(meta["name"], meta["description"], meta["use_when"], meta["not_when"], body.strip(),
+                 meta["brief"])
 
 
 @lru_cache(maxsize=1)
@@ -84,5 +88,8 @@ class KnowledgeTool(Tool):
     async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         args = validate_arguments(self.parameters, arguments)
         skill = load_skills()[args["skill_name"]]
-        text = f"## Skill Guidance\n\n=== Skill: {skill.name} ===\n{skill.body}"
+        header = f"## Skill Guidance\n\n=== Skill: {skill.name} ===\n"
+        text = header + skill.body
+        if len(text) > ctx.observation_chars:
+            text = header + skill.brief
         return ToolResult(text=text, data={"skill": skill.name})

@@ -36,6 +36,9 @@ class SearchTool(Tool):
         queries = [q.strip() for q in args["queries"]]
         results = await asyncio.gather(*(self.backend.search(q, args["top_k"]) for q in queries),
                                        return_exceptions=True)
+        # A small observation budget shows fewer hits rather than snippets too short to use.
+        fit = max(1, ctx.observation_chars // (len(queries) * (HIT_OVERHEAD_CHARS + MIN_SNIPPET_CHARS)))
+        results = [h[:fit] if isinstance(h, list) else h for h in results]
         blocks, data, errors = [], [], []
         n_hits = sum(len(h) for h in results if isinstance(h, list)) or 1
         per_hit = ctx.observation_chars // n_hits - HIT_OVERHEAD_CHARS
@@ -105,8 +108,7 @@ class ImageSearchTool(Tool):
                 parts.append(f"   url: {h.url}")
             if h.page_url:
                 parts.append(f"   page: {h.page_url}")
-            if h.local_path:
-                parts.append(f"   local_path: {h.local_path}")
+            # The local path stays in the record only: the policy picks images by id.
             lines.append("\n".join(parts))
         if not hits:
             lines.append("No images found. Try a shorter or more general query.")
