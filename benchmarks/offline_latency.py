@@ -8,6 +8,7 @@ written: ordinals past the reference list, IMG ids or URLs in gen_prompt), and t
 fraction of valid programs (target >= 95%).
 
 Run: .venv/bin/python benchmarks/offline_latency.py [--out runs/offline_latency.jsonl]
+     [--policy-opt tool_call_budget=1 ...]   (the local policy's budget, as `genevolve generate` takes it)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import statistics
 import time
 
 from genevolve.agent import Agent
+from genevolve.cli.common import parse_options
 from genevolve.generators import make_generator
 from genevolve.program import UNUSABLE_PROGRAM_ISSUES
 from genevolve.policies import make_policy
@@ -42,9 +44,9 @@ def valid(traj) -> bool:
     return traj.ok and not any(i.startswith(UNUSABLE_PROGRAM_ISSUES) for i in traj.program_issues)
 
 
-async def main(out: str | None) -> None:
+async def main(out: str | None, policy_options: dict) -> None:
     t_load = time.perf_counter()
-    policy = make_policy("local")
+    policy = make_policy("local", **policy_options)
     agent = Agent(policy, default_tools(make_search_backend("offline"), make_image_search_backend("offline")))
     renderer = make_generator("offline")
     # Warm the indexes, the model and its system-prompt prefix so that the first request is not
@@ -52,7 +54,8 @@ async def main(out: str | None) -> None:
     await agent.warm()
     await agent.tools["search"].backend.search("warm up", 1)
     await agent.tools["image_search"].backend.search_images("warm up", 1)
-    print(f"setup (model load, indexes): {time.perf_counter() - t_load:.1f}s")
+    print(f"setup (model load, indexes): {time.perf_counter() - t_load:.1f}s; budget: "
+          + ", ".join(f"{k}={getattr(policy, k)}" for k in policy.DEFAULT_BUDGET))
 
     rows = []
     for request in REQUESTS:
@@ -93,4 +96,7 @@ async def main(out: str | None) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="also write the per-request rows as JSONL")
-    asyncio.run(main(ap.parse_args().out))
+    ap.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="local policy budget option, e.g. tool_call_budget=1 (repeatable)")
+    args = ap.parse_args()
+    asyncio.run(main(args.out, parse_options(args.policy_opt, "--policy-opt")))

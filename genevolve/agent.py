@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import protocol
-from .program import IMG_ID_RE, UNUSABLE_PROGRAM_ISSUES, Program, Reference, check_gen_prompt
+from .program import IMG_ID_RE, UNUSABLE_PROGRAM_ISSUES, Program, Reference, check_gen_prompt, ids_to_ordinals
 from .policies.base import Policy, PolicyError, Sampling
 from .tools.base import Tool, ToolArgumentError, ToolContext, ToolResult
 from .trajectory import ANSWER, ERROR, MAX_ROUNDS, ToolCall, Trajectory, Turn
@@ -30,7 +30,7 @@ ProgressHook = Callable[[str, Trajectory, Any], None]
 class AgentConfig:
     # None: the policy's own budget (a small local model affords fewer calls), else the protocol's.
     max_tool_calls: int | None = None
-    max_rounds: int | None = None       # None: one more than the tool calls, for the answer
+    max_rounds: int | None = None       # None: the tool calls, one for the answer, and answer_retries
     max_references: int = protocol.MAX_REFERENCES
     sampling: Sampling = field(default_factory=Sampling)
     tool_timeout_s: float = 120.0
@@ -51,7 +51,7 @@ class Agent:
         self.progress = progress
         self.max_tool_calls = (self.config.max_tool_calls or getattr(policy, "tool_call_budget", None)
                                or protocol.MAX_TOOL_CALLS)
-        self.max_rounds = self.config.max_rounds or self.max_tool_calls + 1
+        self.max_rounds = self.config.max_rounds or self.max_tool_calls + 1 + max(self.config.answer_retries, 0)
         # A constrained policy may cap argument lists and counts; the prompt shows what it admits.
         schemas = policy.set_tools([t.schema() for t in tools], max_tool_calls=self.max_tool_calls)
         self.system_prompt = protocol.build_system_prompt(
@@ -229,6 +229,8 @@ def resolve_answer(answer: dict[str, Any] | None, ctx: ToolContext, max_referenc
     if len(ordered) > max_references:
         issues.append(f"references_truncated: kept {ordered[:max_references]}, dropped {ordered[max_references:]}")
         ordered = ordered[:max_references]
-    program = Program(gen_prompt=gen_prompt.strip(), references=[chosen[i] for i in ordered])
+    gen_prompt, replaced = ids_to_ordinals(gen_prompt.strip(), ordered)
+    issues.extend(replaced)
+    program = Program(gen_prompt=gen_prompt, references=[chosen[i] for i in ordered])
     issues.extend(check_gen_prompt(program.gen_prompt, len(program.references)))
     return program, issues

@@ -84,6 +84,32 @@ def ordinals_in(text: str) -> list[int]:
     return [n for _, _, n in reference_mentions(text)]
 
 
+# An id mention with the words around it that an ordinal phrase replaces ("the reference image IMG001").
+_ID_PHRASE_RE = re.compile(r"(?:\b(?:the\s+)?(?:reference\s+)?(?:image|picture|photo)\s+)?"
+                           r"\(?\bIMG[\s_-]?(\d{3,})\b\)?", re.IGNORECASE)
+
+
+def ids_to_ordinals(gen_prompt: str, reference_ids: list[str]) -> tuple[str, list[str]]:
+    """Replace mentions of chosen references' ids in gen_prompt ("IMG_002", "image IMG-002")
+    with their ordinal phrase ("the second reference image"), as the protocol wants them named.
+
+    Returns the new text and one note per replacement; ids of images not chosen stay (and are
+    then reported by `check_gen_prompt`).
+    """
+    words = {n: w for w, n in _ORDINAL_WORDS.items() if w.isalpha()}
+    notes: list[str] = []
+
+    def replace(m: re.Match) -> str:
+        img_id = f"IMG_{m.group(1)}"
+        if img_id not in reference_ids or reference_ids.index(img_id) + 1 not in words:
+            return m.group(0)
+        phrase = f"the {words[reference_ids.index(img_id) + 1]} reference image"
+        notes.append(f"img_id_replaced: {m.group(0).strip()!r} -> {phrase!r}")
+        return phrase
+    text = _ID_PHRASE_RE.sub(replace, gen_prompt)
+    return re.sub(r"\bthe the\b", "the", text, flags=re.IGNORECASE), notes
+
+
 # Issues (prefixes of `check_gen_prompt`'s strings) that make a program unusable as written, as
 # opposed to repairs the runtime already made (reordered or dropped references).
 UNUSABLE_PROGRAM_ISSUES = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt")

@@ -49,7 +49,7 @@ BUDGET_EXHAUSTED_MESSAGE = (
 ANSWER_RETURNED_MESSAGE = (
     "Your answer cannot be rendered as written: {problems}. In gen_prompt, name only the reference "
     "images you list, by position (\"the first reference image\"), with no IMG ids or links. "
-    "Reply with <think>…</think> and a corrected <answer>."
+    "If a reference is missing, find it with image_search; otherwise reply with a corrected <answer>."
 )
 
 REPEAT_NOTE = "(You already ran this exact call; here is the same result again. Do not repeat calls.)"
@@ -187,7 +187,7 @@ you do not know (who, what, where); otherwise go straight to images.
 2. Call `image_search` once per subject that needs a reference (a flag, a landmark, a species). \
 Every image found has an id like IMG_001.
 3. Answer as soon as each subject has a good reference. Pick at most {max_references}, one per subject.
-4. Be brief: <think> is one short sentence; gen_prompt is one or two sentences (under 50 words) \
+4. Be brief: <think> is one short sentence; gen_prompt is one or two sentences (under 40 words) \
 that state what the request asks for, with no padding."""
     else:
         skill_lines = "\n".join(
@@ -224,8 +224,7 @@ Tool results come back inside <tool_response>…</tool_response>.
 - gen_prompt is a complete, self-contained instruction for the generator. It states every \
 constraint of the request (exact quoted text, counts, positions, colours, style) and the facts \
 you found.
-- In gen_prompt refer to references only by position: "the first reference image", "the second \
-reference image". Never write IMG ids or URLs in gen_prompt.
-- reference_images lists the chosen ids sorted by id (IMG_002 before IMG_005); the first listed \
-is "the first reference image".
+- In gen_prompt refer to references only by their position in reference_images: the first listed \
+is "the first reference image", and so on. Never write IMG ids or URLs in gen_prompt.
+- reference_images lists the chosen ids sorted by id (IMG_002 before IMG_005).
 - Only use ids that image_search returned."""

@@ -130,11 +130,21 @@ def test_same_image_found_twice_keeps_its_id(tools):
 
 def test_ordinal_out_of_range_and_ids_in_prompt_flagged(tools):
     script = [tool_call("image_search", {"query": "flag australia"}),
-              answer("Combine the first and the second reference image; see IMG_001", ["IMG_001"])]
+              answer("Combine the first and the second reference image; see IMG_007", ["IMG_001"])]
     with FakeChatServer(script) as server:
         traj = run(server, tools, AgentConfig(answer_retries=0))
     issues = "\n".join(traj.program_issues)
     assert "ordinal_out_of_range" in issues and "img_id_in_gen_prompt" in issues
+
+
+def test_ids_of_chosen_references_become_ordinals(tools):
+    script = [tool_call("image_search", {"query": "flag australia"}),
+              answer("Put the flag from reference image IMG-001 on a pole", ["IMG_001"])]
+    with FakeChatServer(script) as server:
+        traj = run(server, tools)
+    assert traj.program.gen_prompt == "Put the flag from the first reference image on a pole"
+    assert traj.program_issues == ["img_id_replaced: 'reference image IMG-001' -> 'the first reference image'"]
+    assert [t.action for t in traj.turns] == ["tool_call", "answer"]
 
 
 def test_unusable_answer_goes_back_with_the_reason_and_the_correction_is_kept(tools):
@@ -148,7 +158,8 @@ def test_unusable_answer_goes_back_with_the_reason_and_the_correction_is_kept(to
     assert traj.program.gen_prompt.startswith("The flag from the first")
     returned = user_messages(server.requests[2])[-1]
     assert returned.startswith("Your answer cannot be rendered") and "ordinal_out_of_range" in returned
-    assert "<tool_call>" not in server.requests[2]["grammar"]      # only a corrected answer is admitted
+    # a missing reference may still be searched for, or the answer corrected
+    assert "<tool_call>" in server.requests[2]["grammar"] and "<answer>" in server.requests[2]["grammar"]
 
 
 def test_answer_goes_back_only_once(tools):
@@ -163,11 +174,12 @@ def test_policy_budget_sets_tool_calls_and_rounds_unless_the_config_does(tools):
     policy = OpenAICompatPolicy("http://127.0.0.1:9", "m")
     policy.tool_call_budget = 2
     agent = Agent(policy, tools)
-    assert (agent.max_tool_calls, agent.max_rounds) == (2, 3) and "At most 2 tool calls" in agent.system_prompt
-    agent = Agent(policy, tools, AgentConfig(max_tool_calls=5))
+    # rounds: the calls, one answer, one returned answer
+    assert (agent.max_tool_calls, agent.max_rounds) == (2, 4) and "At most 2 tool calls" in agent.system_prompt
+    agent = Agent(policy, tools, AgentConfig(max_tool_calls=5, answer_retries=0))
     assert (agent.max_tool_calls, agent.max_rounds) == (5, 6)
-    assert (Agent(OpenAICompatPolicy("http://127.0.0.1:9", "m"), tools).max_tool_calls,
-            Agent(OpenAICompatPolicy("http://127.0.0.1:9", "m"), tools).max_rounds) == (10, 11)
+    released = Agent(OpenAICompatPolicy("http://127.0.0.1:9", "m"), tools, AgentConfig(answer_retries=0))
+    assert (released.max_tool_calls, released.max_rounds) == (10, 11)
 
 
 def test_wrong_argument_types_and_unknown_tool_are_observations(tools):

@@ -16,7 +16,7 @@ from genevolve.policies import make_policy
 from genevolve.policies.base import PolicyError, Sampling
 from genevolve.policies.grammar import (ANSWER_ONLY, ANY, IMAGE_SEARCH_ONLY, TOOLS_ONLY, ProtocolGrammar,
                                        grammar_for_tools,
-                                       loaded_skills, tighten_schemas, turn_mode)
+                                       found_image_ids, loaded_skills, tighten_schemas, turn_mode)
 from genevolve.policies.local import LocalGGUFPolicy
 from genevolve.tools import ImageSearchTool, KnowledgeTool, SearchTool
 from genevolve.tools.base import validate_arguments
@@ -78,8 +78,6 @@ def test_loaded_skills_cannot_be_asked_for_again():
     assert grammar.for_messages(convo) is narrowed           # built once per kind of turn
     every = grammar_for_tools(SCHEMAS, loaded_skills=frozenset(SKILL_NAMES))
     assert "query_knowledge" not in every and '"image_search' in every.replace('\\"', '"')
-    returned = convo + [{"role": "user", "content": protocol.answer_returned(["ordinal_out_of_range: x"])}]
-    assert turn_mode(returned) == ANSWER_ONLY
 
 
 def test_last_call_of_a_budget_without_image_search_must_be_one():
@@ -91,9 +89,22 @@ def test_last_call_of_a_budget_without_image_search_must_be_one():
     assert turn_mode(searched) == TOOLS_ONLY                     # no budget known: any tool
     assert turn_mode(searched, max_tool_calls=4) == TOOLS_ONLY
     assert turn_mode(searched, max_tool_calls=3) == IMAGE_SEARCH_ONLY
+    assert turn_mode(searched, max_tool_calls=2) == ANSWER_ONLY          # the budget is spent
     grammar = ProtocolGrammar(SCHEMAS, max_tool_calls=3).for_messages(searched)
     assert "call-image-search" in grammar and "call-search" not in grammar and "call-query" not in grammar
     assert '"<answer>"' not in grammar.split("\n")[0]
+
+
+def test_answer_may_only_pick_ids_the_searches_returned():
+    convo = [{"role": "system", "content": "s"}, {"role": "user", "content": "a flag"},
+             {"role": "assistant", "content": '<think>t</think><tool_call>{"name": "image_search", '
+                                              '"arguments": {"query": "flag"}}</tool_call>'},
+             {"role": "user", "content": protocol.tool_response(
+                 "--- image search result for [flag] ---\n[IMG_001] Flag of Peru\n[IMG_002] Flag of Chad")}]
+    assert found_image_ids(convo) == ("IMG_001", "IMG_002")
+    rule = next(line for line in ProtocolGrammar(SCHEMAS).for_messages(convo).splitlines()
+                if line.startswith("img-id ::="))
+    assert rule == 'img-id ::= "\\"IMG_001\\"" | "\\"IMG_002\\""'
 
 
 def test_tightened_schemas_cap_lists_and_counts_and_tools_accept_them():
@@ -107,7 +118,7 @@ def test_tightened_schemas_cap_lists_and_counts_and_tools_accept_them():
     # what the tight grammar admits, the tools' own validation accepts
     validate_arguments(SCHEMA_BY_NAME["search"]["parameters"], {"queries": ["a", "b"], "top_k": 3})
     policy = LocalGGUFPolicy(tool_schemas=SCHEMAS)
-    assert '"3" | "2" | "1"' in policy.grammar.build() and policy.tool_call_budget == 3 and policy.inline_skills
+    assert '"3" | "2" | "1"' in policy.grammar.build() and policy.tool_call_budget == 2 and policy.inline_skills
 
 
 def test_construction_is_cheap_and_registered():

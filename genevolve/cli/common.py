@@ -136,7 +136,7 @@ def build_agent_config(args: argparse.Namespace):
         if value is not None:
             setattr(s, attr, value)
     cfg.sampling = s
-    for attr in ("max_rounds", "max_tool_calls", "max_references"):
+    for attr in ("max_rounds", "max_tool_calls", "max_references", "answer_retries"):
         value = getattr(args, attr, None)
         if value is None:
             value = setting(None, None, "agent", attr)

@@ -133,7 +133,7 @@ SKILL_TOOL, SKILL_ARGUMENT = "query_knowledge", "skill_name"
 def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
                       max_think_chars: int = MAX_THINK_CHARS, max_references: int = MAX_REFERENCES,
                       max_gen_prompt_chars: int = MAX_GEN_PROMPT_CHARS, max_note_chars: int = MAX_NOTE_CHARS,
-                      loaded_skills: frozenset[str] = frozenset(),
+                      loaded_skills: frozenset[str] = frozenset(), image_ids: tuple[str, ...] = (),
                       tag_tokens: dict[str, str] | None = None) -> str:
     """A GBNF grammar admitting exactly one protocol turn for these tools.
 
@@ -142,7 +142,8 @@ def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
     by its JSON schema, or `<answer>{"gen_prompt": ..., "reference_images": [...]}</answer>`.
     `mode` ANSWER_ONLY drops the tool-call branch, TOOLS_ONLY the answer branch,
     IMAGE_SEARCH_ONLY both the answer and every tool but image_search. Skills in
-    `loaded_skills` cannot be asked for again (their text is already in the context).
+    `loaded_skills` cannot be asked for again (their text is already in the context). When
+    `image_ids` is given, the answer may only pick those ids (the images the searches returned).
     `tag_tokens` maps tags to llama.cpp token expressions (`<[151657]>`) that replace their
     text spelling (see LocalGGUFPolicy._protocol_tag_tokens for why).
     """
@@ -166,7 +167,8 @@ def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
         if calls:
             g.add("tool-call", f'{tag("<tool_call>")} (' + " | ".join(calls) + f') {tag("</tool_call>")}')
             branches.append("tool-call")
-    img_id = g.add("img-id", '"\\"IMG_" [0-9]{3} "\\""')
+    img_id = g.add("img-id", " | ".join(_json_literal(i) for i in image_ids) if image_ids
+                   else '"\\"IMG_" [0-9]{3} "\\""')
     reference = g.object("reference", [("img_id", img_id, True),
                                        ("note", g.string("note", 0, max_note_chars), True)])
     gen_prompt = g.add("gen-prompt", f'"\\"" prompt-char{{1,{max_gen_prompt_chars}}} "\\""')
@@ -230,18 +232,21 @@ class ProtocolGrammar:
         self.options = options
         self._built: dict[tuple[str, frozenset[str]], str] = {}
 
-    def build(self, mode: str = ANY, loaded_skills: frozenset[str] = frozenset()) -> str:
-        key = (mode, frozenset(loaded_skills))
+    def build(self, mode: str = ANY, loaded_skills: frozenset[str] = frozenset(),
+              image_ids: tuple[str, ...] = ()) -> str:
+        key = (mode, frozenset(loaded_skills), tuple(image_ids))
         if key not in self._built:
             if len(self._built) > 64:          # skill subsets are few per request; bound them anyway
                 self._built.clear()
             self._built[key] = grammar_for_tools(self.tool_schemas, mode=mode, loaded_skills=key[1],
+                                                 image_ids=key[2],
                                                  **self.options)
         return self._built[key]
 
     def for_messages(self, messages: list[dict[str, Any]]) -> str:
         """The grammar of the next turn of this conversation."""
-        return self.build(turn_mode(messages, self.max_tool_calls), loaded_skills(messages))
+        return self.build(turn_mode(messages, self.max_tool_calls), loaded_skills(messages),
+                          found_image_ids(messages))
 
 
 def protocol_tool_schemas() -> list[dict[str, Any]]:
@@ -255,7 +260,7 @@ def turn_mode(messages: list[dict[str, Any]], max_tool_calls: int | None = None)
     """Which actions the protocol allows in the next turn.
 
     ANSWER_ONLY once the runtime has forbidden tools (the final round, or the tool budget is
-    spent) or returned an answer for correction; TOOLS_ONLY until `image_search` has been
+    spent) or `max_tool_calls` calls were made; TOOLS_ONLY until `image_search` has been
     called, because the protocol asks for at least one image search before answering, and
     IMAGE_SEARCH_ONLY when only one call of `max_tool_calls` is left and none was an image
     search; ANY otherwise.
@@ -265,10 +270,11 @@ def turn_mode(messages: list[dict[str, Any]], max_tool_calls: int | None = None)
     content = last.get("content") if last.get("role") == "user" else None
     if isinstance(content, str):
         budget_note = protocol.BUDGET_EXHAUSTED_MESSAGE.split("{n}")[0]
-        returned = protocol.ANSWER_RETURNED_MESSAGE.split("{problems}")[0]
-        if content.strip() == protocol.FINAL_STEP_MESSAGE or budget_note in content or returned in content:
+        if content.strip() == protocol.FINAL_STEP_MESSAGE or budget_note in content:
             return ANSWER_ONLY
     calls = [name for name, _ in _calls(messages)]
+    if max_tool_calls and len(calls) >= max_tool_calls:
+        return ANSWER_ONLY
     if "image_search" in calls:
         return ANY
     return IMAGE_SEARCH_ONLY if max_tool_calls and len(calls) >= max_tool_calls - 1 else TOOLS_ONLY
@@ -278,6 +284,16 @@ def loaded_skills(messages: list[dict[str, Any]]) -> frozenset[str]:
     """The skills this conversation has already loaded with query_knowledge."""
     return frozenset(args.get(SKILL_ARGUMENT) for name, args in _calls(messages)
                      if name == SKILL_TOOL and isinstance(args, dict) and isinstance(args.get(SKILL_ARGUMENT), str))
+
+
+_FOUND_ID_RE = re.compile(r"^\[(IMG_\d{3,})\]", re.MULTILINE)
+
+
+def found_image_ids(messages: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The image ids the tool results of this conversation announced ("[IMG_003] title"), sorted."""
+    found = {m for msg in messages if msg.get("role") in ("user", "tool") and isinstance(msg.get("content"), str)
+             for m in _FOUND_ID_RE.findall(msg["content"])}
+    return tuple(sorted(found))
 
 
 def _calls(messages: list[dict[str, Any]]) -> list[tuple[str, Any]]:

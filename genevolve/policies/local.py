@@ -44,10 +44,10 @@ class LocalGGUFPolicy(Policy):
     name = "local"
     # What one request may cost. On two CPU cores this model reads ~20-80 prompt tokens/s and
     # writes ~9-14 tokens/s, so every observation token and every generated token is time:
-    # these defaults keep a request to three tool calls, results a few lines long, short thinking
+    # these defaults keep a request to two tool calls, results a few lines long, short thinking
     # and a focused gen_prompt (benchmarks/offline_latency.py measures the effect).
-    DEFAULT_BUDGET = {"tool_call_budget": 3, "observation_chars": 450, "max_think_chars": 100,
-                      "max_gen_prompt_chars": 320, "max_note_chars": 40, "max_queries": 1, "max_results": 3}
+    DEFAULT_BUDGET = {"tool_call_budget": 2, "observation_chars": 350, "max_think_chars": 80,
+                      "max_gen_prompt_chars": 240, "max_note_chars": 40, "max_queries": 1, "max_results": 3}
     inline_skills = True
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 8192,
