@@ -6,7 +6,7 @@ Three things make a 1.5B model on two CPU cores usable as the agent's policy:
   protocol turn: `<think>` (bounded length) then one `<tool_call>` naming a real tool with
   schema-shaped arguments, or one `<answer>` with a well-formed program. A small model cannot
   then invent tools, break the JSON or ramble without end.
-- **Prefix caching.** The system prompt (~1,800 tokens, minutes of prefill on a busy CPU) is
+- **Prefix caching.** The system prompt (~1,250 tokens with the skill briefs: a minute of prefill here) is
   evaluated once, kept in the KV cache across rounds and requests, and saved to disk with
   llama.cpp's slot save/restore under `cache_dir()/kv/`, keyed by model, exact system prompt and
   context size, so a new process restores it instead of prefilling it again.
@@ -42,8 +42,8 @@ class LocalGGUFPolicy(Policy):
     """
 
     name = "local"
-    # What one request may cost. On two CPU cores this model reads ~20-80 prompt tokens/s and
-    # writes ~9-14 tokens/s, so every observation token and every generated token is time:
+    # What one request may cost. On the project's two CPU cores this model reads ~20 prompt
+    # tokens/s and writes 6-10 tokens/s, so every observation token and every generated token is time:
     # these defaults keep a request to two tool calls, results a few lines long, short thinking
     # and a focused gen_prompt (benchmarks/offline_latency.py measures the effect).
     DEFAULT_BUDGET = {"tool_call_budget": 2, "observation_chars": 350, "max_think_chars": 80,
