@@ -182,8 +182,10 @@ def build_system_prompt(tool_schemas: list[dict[str, Any]], *, max_tool_calls: i
         skills_block = f"""# Skills
 Apply the rules of every skill the request calls for (query_knowledge returns a longer version):
 {skill_lines}"""
-        how = f"""1. You have at most {max_tool_calls} tool calls, so be quick. Call `search` only for a fact \
-you do not know (who, what, where); otherwise go straight to images.
+        how = f"""1. You have at most {max_tool_calls} tool calls, so be quick. When the request names its \
+subjects plainly (an apple, a cat, a rocket, the flag of Japan), go straight to `image_search`. Call \
+`search` only when a subject is described but not named (a country known by its capital, a building \
+known by its height) and you do not know the name.
 2. Call `image_search` once per subject that needs a reference (a flag, a landmark, a species). \
 Every image found has an id like IMG_001.
 3. Answer as soon as each subject has a good reference. Pick at most {max_references}, one per subject.

@@ -230,17 +230,16 @@ class ProtocolGrammar:
         self.tool_schemas = list(tool_schemas)
         self.max_tool_calls = max_tool_calls
         self.options = options
-        self._built: dict[tuple[str, frozenset[str]], str] = {}
+        self._built: dict[tuple[str, frozenset[str], tuple[str, ...]], str] = {}
 
     def build(self, mode: str = ANY, loaded_skills: frozenset[str] = frozenset(),
               image_ids: tuple[str, ...] = ()) -> str:
         key = (mode, frozenset(loaded_skills), tuple(image_ids))
         if key not in self._built:
-            if len(self._built) > 64:          # skill subsets are few per request; bound them anyway
+            if len(self._built) > 64:   # ids restart at IMG_001 per request, so kinds repeat; bound them anyway
                 self._built.clear()
             self._built[key] = grammar_for_tools(self.tool_schemas, mode=mode, loaded_skills=key[1],
-                                                 image_ids=key[2],
-                                                 **self.options)
+                                                 image_ids=key[2], **self.options)
         return self._built[key]
 
     def for_messages(self, messages: list[dict[str, Any]]) -> str:
