@@ -1,7 +1,8 @@
 """The agent loop: policy thinks, calls one tool per turn, ends with a program.
 
-Budgets follow the released runtime: at most `max_tool_calls` tool calls and `max_rounds`
-policy turns; the last round is preceded by a message that forbids tools and asks for the answer.
+Budgets follow the released runtime (10 tool calls, 11 rounds) unless the policy asks for a smaller
+one, plus one round per allowed answer retry; the last round is preceded by a message that forbids
+tools and asks for the answer.
 """
 
 from __future__ import annotations

@@ -25,8 +25,7 @@ from typing import Any
 
 from .tools.knowledge import load_skills
 
-MAX_TOOL_CALLS = 10
-MAX_ROUNDS = 11
+MAX_TOOL_CALLS = 10           # the released runtime's budget; its 11 rounds are these calls + the answer
 MAX_REFERENCES = 2
 
 FINAL_STEP_MESSAGE = (
