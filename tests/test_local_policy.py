@@ -102,9 +102,11 @@ def test_answer_may_only_pick_ids_the_searches_returned():
              {"role": "user", "content": protocol.tool_response(
                  "--- image search result for [flag] ---\n[IMG_001] Flag of Peru\n[IMG_002] Flag of Chad")}]
     assert found_image_ids(convo) == ("IMG_001", "IMG_002")
-    rule = next(line for line in ProtocolGrammar(SCHEMAS).for_messages(convo).splitlines()
-                if line.startswith("img-id ::="))
-    assert rule == 'img-id ::= "\\"IMG_001\\"" | "\\"IMG_002\\""'
+    rules = dict(line.split(" ::= ", 1) for line in ProtocolGrammar(SCHEMAS).for_messages(convo).splitlines())
+    assert rules["id-img-001"] == '"\\"IMG_001\\""' and rules["id-img-002"] == '"\\"IMG_002\\""'
+    # none, one, or two distinct ids in sorted order: IMG_002 can only come alone or second
+    assert rules["references"] == ('"[" ws (ref-img-001 (ws "," ws (ref-img-002))? | ref-img-002)? ws "]"')
+    assert "img-id" not in rules
 
 
 def test_tightened_schemas_cap_lists_and_counts_and_tools_accept_them():

@@ -16,6 +16,7 @@ MAX_STRING_CHARS = 300         # default cap for a JSON string the schema does n
 MAX_GEN_PROMPT_CHARS = 2000
 MAX_NOTE_CHARS = 200
 MAX_REFERENCES = 2             # protocol.MAX_REFERENCES; the runtime truncates to it anyway
+MAX_ENUMERATED_IDS = 16        # up to this many found ids, the answer's list is spelled out id by id
 
 
 def _literal(text: str) -> str:
@@ -143,7 +144,8 @@ def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
     `mode` ANSWER_ONLY drops the tool-call branch, TOOLS_ONLY the answer branch,
     IMAGE_SEARCH_ONLY both the answer and every tool but image_search. Skills in
     `loaded_skills` cannot be asked for again (their text is already in the context). When
-    `image_ids` is given, the answer may only pick those ids (the images the searches returned).
+    `image_ids` is given, the answer may only pick those ids (the images the searches returned),
+    each at most once and in sorted order.
     `tag_tokens` maps tags to llama.cpp token expressions (`<[151657]>`) that replace their
     text spelling (see LocalGGUFPolicy._protocol_tag_tokens for why).
     """
@@ -167,14 +169,21 @@ def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
         if calls:
             g.add("tool-call", f'{tag("<tool_call>")} (' + " | ".join(calls) + f') {tag("</tool_call>")}')
             branches.append("tool-call")
-    img_id = g.add("img-id", " | ".join(_json_literal(i) for i in image_ids) if image_ids
-                   else '"\\"IMG_" [0-9]{3} "\\""')
-    reference = g.object("reference", [("img_id", img_id, True),
-                                       ("note", g.string("note", 0, max_note_chars), True)])
+    note = g.string("note", 0, max_note_chars)
+    if image_ids and max_references in (1, 2) and len(image_ids) <= MAX_ENUMERATED_IDS:
+        # Distinct found ids in sorted order, as the runtime would keep them: a duplicate or an
+        # unknown id would leave an ordinal in gen_prompt pointing past the list.
+        refs = [g.object(f"ref-{i}", [("img_id", g.add(f"id-{i}", _json_literal(i)), True), ("note", note, True)])
+                for i in sorted(image_ids)]
+        lists = [f'{ref} (ws "," ws ({" | ".join(refs[k + 1:])}))?' if max_references == 2 and refs[k + 1:]
+                 else ref for k, ref in enumerate(refs)]
+        references = g.add("references", f'"[" ws ({" | ".join(lists)})? ws "]"')
+    else:
+        img_id = g.add("img-id", '"\\"IMG_" [0-9]{3} "\\""')
+        reference = g.object("reference", [("img_id", img_id, True), ("note", note, True)])
+        references = g.array("references", reference, 0, max_references)
     gen_prompt = g.add("gen-prompt", f'"\\"" prompt-char{{1,{max_gen_prompt_chars}}} "\\""')
-    program = g.object("program", [
-        ("gen_prompt", gen_prompt, True),
-        ("reference_images", g.array("references", reference, 0, max_references), True)])
+    program = g.object("program", [("gen_prompt", gen_prompt, True), ("reference_images", references, True)])
     g.add("answer", f'{tag("<answer>")} {program} {tag("</answer>")}')
     if mode not in (TOOLS_ONLY, IMAGE_SEARCH_ONLY) or not branches:
         branches.append("answer")
