@@ -22,7 +22,7 @@ import time
 from genevolve.agent import Agent
 from genevolve.cli.common import parse_options
 from genevolve.generators import make_generator
-from genevolve.program import UNUSABLE_PROGRAM_ISSUES
+from genevolve.program import unusable_issues
 from genevolve.policies import make_policy
 from genevolve.tools import default_tools, make_image_search_backend, make_search_backend
 
@@ -41,7 +41,7 @@ REQUESTS = [
 
 def valid(traj) -> bool:
     """Repairs the runtime made are fine; unusable-program issues are not."""
-    return traj.ok and not any(i.startswith(UNUSABLE_PROGRAM_ISSUES) for i in traj.program_issues)
+    return traj.ok and not unusable_issues(traj.program_issues)
 
 
 async def main(out: str | None, policy_options: dict) -> None:

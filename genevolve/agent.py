@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import protocol
-from .program import IMG_ID_RE, UNUSABLE_PROGRAM_ISSUES, Program, Reference, check_gen_prompt, ids_to_ordinals
+from .program import IMG_ID_RE, Program, Reference, check_gen_prompt, ids_to_ordinals, unusable_issues
 from .policies.base import Policy, PolicyError, Sampling
 from .tools.base import Tool, ToolArgumentError, ToolContext, ToolResult
 from .trajectory import ANSWER, ERROR, MAX_ROUNDS, ToolCall, Trajectory, Turn
@@ -116,7 +116,7 @@ class Agent:
             if parsed.kind == "answer":
                 self._report("turn", traj, turn)
                 traj.program, traj.program_issues = resolve_answer(parsed.answer, ctx, cfg.max_references)
-                unusable = [i for i in traj.program_issues if i.startswith(UNUSABLE_PROGRAM_ISSUES)]
+                unusable = unusable_issues(traj.program_issues)
                 if unusable and answer_retries > 0 and rnd < max_rounds:
                     answer_retries -= 1
                     turn.action = "answer_returned"

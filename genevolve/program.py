@@ -13,7 +13,8 @@ from typing import Any
 
 IMG_ID_RE = re.compile(r"\bIMG_\d{3,}\b")
 # An image id as written in prose, also misspelt ("IMG-001", "IMG 001"): none belongs in gen_prompt.
-IMG_ID_MENTION_RE = re.compile(r"\bIMG[\s_-]?\d{3,}\b", re.IGNORECASE)
+_ID_MENTION = r"\bIMG[\s_-]?(\d{3,})\b"
+IMG_ID_MENTION_RE = re.compile(_ID_MENTION, re.IGNORECASE)
 URL_RE = re.compile(r"\bhttps?://\S+|\bwww\.\S+", re.IGNORECASE)
 
 _ORDINAL_WORDS = {
@@ -86,7 +87,7 @@ def ordinals_in(text: str) -> list[int]:
 
 # An id mention with the words around it that an ordinal phrase replaces ("the reference image IMG001").
 _ID_PHRASE_RE = re.compile(r"(?:\b(?:the\s+)?(?:reference\s+)?(?:image|picture|photo)\s+)?"
-                           r"\(?\bIMG[\s_-]?(\d{3,})\b\)?", re.IGNORECASE)
+                           r"\(?" + _ID_MENTION + r"\)?", re.IGNORECASE)
 
 
 def ids_to_ordinals(gen_prompt: str, reference_ids: list[str]) -> tuple[str, list[str]]:
@@ -115,6 +116,11 @@ def ids_to_ordinals(gen_prompt: str, reference_ids: list[str]) -> tuple[str, lis
 UNUSABLE_PROGRAM_ISSUES = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt")
 
 
+def unusable_issues(issues: list[str]) -> list[str]:
+    """The issues among these that make the program unusable as written."""
+    return [i for i in issues if i.startswith(UNUSABLE_PROGRAM_ISSUES)]
+
+
 def check_gen_prompt(gen_prompt: str, n_references: int) -> list[str]:
     issues: list[str] = []
     if not gen_prompt.strip():
@@ -124,7 +130,7 @@ def check_gen_prompt(gen_prompt: str, n_references: int) -> list[str]:
     if beyond:
         issues.append(f"ordinal_out_of_range: gen_prompt names reference {beyond} "
                       f"but the program has {n_references}")
-    ids = IMG_ID_MENTION_RE.findall(gen_prompt)
+    ids = [m.group(0) for m in IMG_ID_MENTION_RE.finditer(gen_prompt)]
     if ids:
         issues.append(f"img_id_in_gen_prompt: {sorted(set(ids))}")
     if URL_RE.search(gen_prompt):

@@ -253,7 +253,8 @@ class ProtocolGrammar:
 
     def for_messages(self, messages: list[dict[str, Any]]) -> str:
         """The grammar of the next turn of this conversation."""
-        return self.build(turn_mode(messages, self.max_tool_calls), loaded_skills(messages),
+        calls = _calls(messages)
+        return self.build(_mode(messages, calls, self.max_tool_calls), _loaded_skills(calls),
                           found_image_ids(messages))
 
 
@@ -273,6 +274,10 @@ def turn_mode(messages: list[dict[str, Any]], max_tool_calls: int | None = None)
     IMAGE_SEARCH_ONLY when only one call of `max_tool_calls` is left and none was an image
     search; ANY otherwise.
     """
+    return _mode(messages, _calls(messages), max_tool_calls)
+
+
+def _mode(messages: list[dict[str, Any]], calls: list[tuple[str, Any]], max_tool_calls: int | None) -> str:
     from .. import protocol
     last = messages[-1] if messages else {}
     content = last.get("content") if last.get("role") == "user" else None
@@ -280,27 +285,29 @@ def turn_mode(messages: list[dict[str, Any]], max_tool_calls: int | None = None)
         budget_note = protocol.BUDGET_EXHAUSTED_MESSAGE.split("{n}")[0]
         if content.strip() == protocol.FINAL_STEP_MESSAGE or budget_note in content:
             return ANSWER_ONLY
-    calls = [name for name, _ in _calls(messages)]
-    if max_tool_calls and len(calls) >= max_tool_calls:
+    names = [name for name, _ in calls]
+    if max_tool_calls and len(names) >= max_tool_calls:
         return ANSWER_ONLY
-    if "image_search" in calls:
+    if "image_search" in names:
         return ANY
-    return IMAGE_SEARCH_ONLY if max_tool_calls and len(calls) >= max_tool_calls - 1 else TOOLS_ONLY
+    return IMAGE_SEARCH_ONLY if max_tool_calls and len(names) >= max_tool_calls - 1 else TOOLS_ONLY
 
 
 def loaded_skills(messages: list[dict[str, Any]]) -> frozenset[str]:
     """The skills this conversation has already loaded with query_knowledge."""
-    return frozenset(args.get(SKILL_ARGUMENT) for name, args in _calls(messages)
+    return _loaded_skills(_calls(messages))
+
+
+def _loaded_skills(calls: list[tuple[str, Any]]) -> frozenset[str]:
+    return frozenset(args.get(SKILL_ARGUMENT) for name, args in calls
                      if name == SKILL_TOOL and isinstance(args, dict) and isinstance(args.get(SKILL_ARGUMENT), str))
-
-
-_FOUND_ID_RE = re.compile(r"^\[(IMG_\d{3,})\]", re.MULTILINE)
 
 
 def found_image_ids(messages: list[dict[str, Any]]) -> tuple[str, ...]:
     """The image ids the tool results of this conversation announced ("[IMG_003] title"), sorted."""
+    from ..tools.search import FOUND_IMAGE_RE
     found = {m for msg in messages if msg.get("role") in ("user", "tool") and isinstance(msg.get("content"), str)
-             for m in _FOUND_ID_RE.findall(msg["content"])}
+             for m in FOUND_IMAGE_RE.findall(msg["content"])}
     return tuple(sorted(found))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from .base import (ImageSearchBackend, SearchBackend, Tool, ToolContext, ToolResult, hit_dicts,
@@ -71,6 +72,11 @@ def _shorten(text: str, limit: int) -> str:
         return text
     cut = text[:limit].rsplit(" ", 1)[0]
     return cut + " …"
+
+
+# Each image an image search found opens a line of its observation as "[IMG_003] title"; a
+# constrained policy reads the ids back from the conversation with this pattern.
+FOUND_IMAGE_RE = re.compile(r"^\[(IMG_\d{3,})\] ", re.MULTILINE)
 
 
 class ImageSearchTool(Tool):
