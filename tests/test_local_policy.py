@@ -7,6 +7,7 @@ first use) and share one policy per module; each model call costs seconds on two
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -64,6 +65,15 @@ def test_turn_modes_follow_the_protocol():
     tools_only = grammar_for_tools(SCHEMAS, mode=TOOLS_ONLY)
     assert '"<tool_call>"' in tools_only and "<answer>" not in tools_only.split("root ::=")[1].split("\n")[0]
     assert "prompt-char" in grammar_for_tools(SCHEMAS, mode=ANY)   # gen_prompt cannot hold "_" (IMG ids)
+
+
+def test_gen_prompt_may_be_bounded_to_whole_sentences():
+    rules = dict(line.split(" ::= ", 1) for line in grammar_for_tools(
+        SCHEMAS, max_gen_prompt_chars=240, max_gen_prompt_sentences=2).splitlines())
+    assert rules["gen-prompt"] == '"\\"" sentence (" " sentence){0,1} "\\""'
+    assert rules["sentence"] == "(sentence-char | [.!?]{1,3} word-char){1,119} [.!?]{1,3}"
+    assert "prompt-char{1,240}" in grammar_for_tools(SCHEMAS, max_gen_prompt_chars=240)   # unbounded by default
+    assert LocalGGUFPolicy().max_gen_prompt_sentences == 2
 
 
 def test_loaded_skills_cannot_be_asked_for_again():
@@ -202,25 +212,46 @@ def test_final_round_gets_an_answer(policy):
         {"role": "user", "content": protocol.tool_response("Use soft washes and a muted palette.")},
         {"role": "user", "content": protocol.FINAL_STEP_MESSAGE}]
     reply = policy.chat_blocking(messages, Sampling(temperature=0.0, max_tokens=320, seed=0, logprobs=True))
-    assert _assert_one_protocol_action(reply.text).kind == "answer"
+    answer = _assert_one_protocol_action(reply.text).answer
+    # The default budget asks for at most two whole sentences.
+    assert re.fullmatch(r"[^.!?]+([.!?]+\S[^.!?]*)*[.!?]+( [^.!?]+([.!?]+\S[^.!?]*)*[.!?]+)?",
+                        answer["gen_prompt"]), answer["gen_prompt"]
     assert reply.logprobs and len(reply.logprobs) == reply.completion_tokens
     assert all(lp <= 0.0 for lp in reply.logprobs)
 
 
 @pytest.mark.model
 @needs_model
-def test_reply_sent_back_is_not_prefilled_again(policy):
-    messages = _conversation("A photo of the flag of the country whose capital is Lima.")
-    first = policy.chat_blocking(messages, SAMPLING)
-    assert policy._tag_tokens["<tool_call>"] == "<[151657]>"     # Qwen's one-token tag
-    assert _assert_one_protocol_action(first.text).kind == "tool_call"
-    observation = protocol.tool_response("--- image search result for [flag of Peru] ---\n[IMG_001] Flag of Peru")
-    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": observation}]
-    second = policy.chat_blocking(messages, SAMPLING)
+@pytest.mark.parametrize("think_chars", [THINK_CHARS, 12])
+def test_reply_sent_back_is_not_prefilled_again(policy, think_chars):
+    """The reply goes back as the tokens that were sampled, so only the observation is new next turn.
+
+    With 12 characters of thinking the grammar cuts the thought short and the model spells
+    `</think>` in pieces that re-tokenizing the text would merge: the hard case.
+    """
+    policy.max_think_chars = think_chars
+    policy.set_tools(SCHEMAS)
+    try:
+        messages = _conversation("A photo of the flag of the country whose capital is Lima.")
+        first = policy.chat_blocking(messages, SAMPLING)
+        assert policy._tag_tokens["<tool_call>"] == "<[151657]>"     # Qwen's one-token tag
+        assert _assert_one_protocol_action(first.text).kind == "tool_call"
+        sampled = policy._reply_tokens[first.text]
+        retokenized = [t["id"] for t in policy._post("/tokenize", {"content": first.text, "parse_special": True,
+                                                                   "with_pieces": True})["tokens"]]
+        if think_chars == 12:
+            assert len(protocol.parse_turn(first.text).think) == 12
+            assert sampled != retokenized, "the cut thought came out in canonical tokens; pick a shorter cap"
+        observation = protocol.tool_response("--- image search result for [flag of Peru] ---\n[IMG_001] Flag of Peru")
+        messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": observation}]
+        second = policy.chat_blocking(messages, SAMPLING)
+    finally:
+        policy.max_think_chars = THINK_CHARS
+        policy.set_tools(SCHEMAS)
     new_tokens = len(policy._post("/tokenize", {"content": observation})["tokens"])
-    # Only the observation and the chat template's few role tokens are new; the reply itself
-    # (sampled under the grammar) comes back token for token and stays cached.
-    assert second.raw["timings"]["prompt_n"] <= new_tokens + 12, (first.text, second.raw["timings"])
+    # Only the observation and the chat template's ten role tokens around it are new.
+    assert second.raw["timings"]["prompt_n"] <= new_tokens + 10, (first.text, second.raw["timings"])
+    assert second.cached_tokens == first.prompt_tokens + len(sampled)
 
 
 SHORT_SYSTEM = ("You plan images. Reply with <think>reasoning</think> and then either "

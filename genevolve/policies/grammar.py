@@ -35,8 +35,14 @@ class _GrammarBuilder:
     BASE_RULES = {
         "ws": '" "?',
         "char": r'[^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
-        # gen_prompt may not contain "_": that keeps IMG_### ids out of it, as the protocol asks.
-        "prompt-char": r'[^"\\\x00-\x1f_] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+        # gen_prompt may not contain "_", which keeps IMG_### ids out of it as the protocol asks,
+        # nor "<", which keeps protocol tags out (a small model sometimes writes "</think>" there).
+        "prompt-char": r'[^"\\\x00-\x1f_<] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+        # For a sentence-bounded gen_prompt: a prompt-char that ends no sentence, and one that is
+        # not a space either. '.', '!' and '?' end a sentence unless a word-char follows them
+        # ('1.5', "'STOP!'").
+        "sentence-char": r'[^"\\\x00-\x1f_<.!?] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+        "word-char": r'[^"\\\x00-\x1f_<.!? ] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
         "integer": '"-"? ([0-9] | [1-9] [0-9]{1,15})',
         "number": '"-"? ([0-9] | [1-9] [0-9]{1,15}) ("." [0-9]{1,15})? ([eE] [-+]? [0-9]{1,3})?',
         "boolean": '"true" | "false"',
@@ -134,6 +140,7 @@ SKILL_TOOL, SKILL_ARGUMENT = "query_knowledge", "skill_name"
 def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
                       max_think_chars: int = MAX_THINK_CHARS, max_references: int = MAX_REFERENCES,
                       max_gen_prompt_chars: int = MAX_GEN_PROMPT_CHARS, max_note_chars: int = MAX_NOTE_CHARS,
+                      max_gen_prompt_sentences: int | None = None,
                       loaded_skills: frozenset[str] = frozenset(), image_ids: tuple[str, ...] = (),
                       tag_tokens: dict[str, str] | None = None) -> str:
     """A GBNF grammar admitting exactly one protocol turn for these tools.
@@ -145,7 +152,9 @@ def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
     IMAGE_SEARCH_ONLY both the answer and every tool but image_search. Skills in
     `loaded_skills` cannot be asked for again (their text is already in the context). When
     `image_ids` is given, the answer may only pick those ids (the images the searches returned),
-    each at most once and in sorted order.
+    each at most once and in sorted order. `max_gen_prompt_sentences` makes gen_prompt whole
+    sentences, at most that many, each at most its share of `max_gen_prompt_chars`: a prompt then
+    ends where a sentence does, not in the middle of a word at the length cap.
     `tag_tokens` maps tags to llama.cpp token expressions (`<[151657]>`) that replace their
     text spelling (see LocalGGUFPolicy._protocol_tag_tokens for why).
     """
@@ -182,7 +191,12 @@ def grammar_for_tools(tool_schemas: list[dict[str, Any]], *, mode: str = ANY,
         img_id = g.add("img-id", '"\\"IMG_" [0-9]{3} "\\""')
         reference = g.object("reference", [("img_id", img_id, True), ("note", note, True)])
         references = g.array("references", reference, 0, max_references)
-    gen_prompt = g.add("gen-prompt", f'"\\"" prompt-char{{1,{max_gen_prompt_chars}}} "\\""')
+    if max_gen_prompt_sentences:
+        units = max(max_gen_prompt_chars // max_gen_prompt_sentences - 1, 1)
+        sentence = g.add("sentence", f'(sentence-char | [.!?]{{1,3}} word-char){{1,{units}}} [.!?]{{1,3}}')
+        gen_prompt = g.add("gen-prompt", f'"\\"" {sentence} (" " {sentence}){{0,{max_gen_prompt_sentences - 1}}} "\\""')
+    else:
+        gen_prompt = g.add("gen-prompt", f'"\\"" prompt-char{{1,{max_gen_prompt_chars}}} "\\""')
     program = g.object("program", [("gen_prompt", gen_prompt, True), ("reference_images", references, True)])
     g.add("answer", f'{tag("<answer>")} {program} {tag("</answer>")}')
     if mode not in (TOOLS_ONLY, IMAGE_SEARCH_ONLY) or not branches:

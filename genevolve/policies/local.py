@@ -30,6 +30,7 @@ from .base import Policy, PolicyError, PolicyReply, Sampling
 from .grammar import PROTOCOL_TAGS, ProtocolGrammar, protocol_tool_schemas, tighten_schemas
 
 KV_FILES_KEPT = 16             # saved system-prompt prefixes kept on disk (about 30-60 MB each)
+REPLIES_KEPT = 256             # recent replies whose sampled tokens are kept to send them back exactly
 
 
 # =========================================================================== policy
@@ -45,9 +46,10 @@ class LocalGGUFPolicy(Policy):
     # What one request may cost. On the project's two CPU cores this model reads ~20 prompt
     # tokens/s and writes 6-10 tokens/s, so every observation token and every generated token is time:
     # these defaults keep a request to two tool calls, results a few lines long, short thinking
-    # and a focused gen_prompt (benchmarks/offline_latency.py measures the effect).
+    # and a gen_prompt of two whole sentences (benchmarks/offline_latency.py measures the effect).
     DEFAULT_BUDGET = {"tool_call_budget": 2, "observation_chars": 350, "max_think_chars": 80,
-                      "max_gen_prompt_chars": 240, "max_note_chars": 40, "max_queries": 1, "max_results": 3}
+                      "max_gen_prompt_chars": 240, "max_gen_prompt_sentences": 2, "max_note_chars": 40,
+                      "max_queries": 1, "max_results": 3}
     inline_skills = True
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 8192,
@@ -68,6 +70,7 @@ class LocalGGUFPolicy(Policy):
         self.observation_chars = budget["observation_chars"]
         self.max_think_chars = budget["max_think_chars"]
         self.max_gen_prompt_chars = budget["max_gen_prompt_chars"]
+        self.max_gen_prompt_sentences = budget["max_gen_prompt_sentences"]
         self.max_note_chars = budget["max_note_chars"]
         self.max_queries, self.max_results = budget["max_queries"], budget["max_results"]
         self.verbose = _as_bool(verbose)
@@ -81,6 +84,7 @@ class LocalGGUFPolicy(Policy):
         self._model_id = ""
         self._resident_prefix: str | None = None      # key of the prefix now at the slot's start
         self._prefix_keys: dict[str, tuple[str, str]] = {}   # system prompt -> (key, template text)
+        self._reply_tokens: dict[str, list[int]] = {}        # reply text -> the tokens sampled for it
 
     # -- configuration ----------------------------------------------------------------------
     def set_tools(self, schemas: list[dict[str, Any]], max_tool_calls: int | None = None
@@ -96,6 +100,7 @@ class LocalGGUFPolicy(Policy):
         self.grammar = ProtocolGrammar(self._tool_schemas, max_tool_calls=self._max_tool_calls,
                                        max_think_chars=self.max_think_chars,
                                        max_gen_prompt_chars=self.max_gen_prompt_chars,
+                                       max_gen_prompt_sentences=self.max_gen_prompt_sentences,
                                        max_note_chars=self.max_note_chars, tag_tokens=self._tag_tokens)
 
     # -- loading ----------------------------------------------------------------------------
@@ -203,22 +208,60 @@ class LocalGGUFPolicy(Policy):
             else:
                 self._resident_prefix = None       # this request overwrites the slot's start
             body: dict[str, Any] = {
-                "messages": messages, "max_tokens": sampling.max_tokens,
-                "temperature": sampling.temperature, "top_p": sampling.top_p, "cache_prompt": True,
+                "prompt": self._prompt_for(messages), "n_predict": sampling.max_tokens,
+                "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "cache_prompt": True, "return_tokens": True,
             }
             if sampling.seed is not None:
                 body["seed"] = sampling.seed
             if sampling.stop:
                 body["stop"] = list(sampling.stop)
             if sampling.logprobs:
-                body["logprobs"] = True
+                body["n_probs"] = 1
             if self.constrained:
                 body["grammar"] = self.grammar.for_messages(messages)
-            try:
-                result = self._server.handle_chat_completions(body)
-            except Exception as exc:            # the binding raises on malformed requests
-                raise PolicyError(f"local policy: llama.cpp rejected the request: {exc}") from None
-        return _reply_from(result)
+            result = self._post("/completion", body, timeout=None)
+            reply = _reply_from(result)
+            self._remember_reply(reply.text, result.get("tokens") or [], ended=result.get("stop_type") == "eos")
+        return reply
+
+    # -- sending replies back token for token --------------------------------------------
+    def _prompt_for(self, messages: list[dict[str, Any]]) -> list[str | int]:
+        """The chat-template prompt, with each earlier reply of ours spliced in as the exact tokens
+        that were sampled.
+
+        llama.cpp reuses its KV cache up to the first token where the new prompt differs from what
+        it computed. Re-tokenizing a reply's text does not always give back the sampled tokens:
+        when the grammar cuts thinking at its length cap the model spells `</think>` as '<', '/',
+        'th', 'ink' where the tokenizer writes '</', 'think', so everything after it would be
+        prefilled again next turn (~30 tokens, 2-4 s here). A mixed list of text and token ids
+        keeps the conversation exactly as the cache holds it.
+        """
+        rendered = str(self._post("/apply-template", {"messages": messages})["prompt"])
+        prompt: list[str | int] = []
+        pos = 0
+        for message in messages:
+            content = message.get("content")
+            tokens = self._reply_tokens.get(content) if message.get("role") == "assistant" \
+                and isinstance(content, str) else None
+            at = rendered.find(content, pos) if tokens else -1
+            if at < 0:
+                continue
+            if at > pos:
+                prompt.append(rendered[pos:at])
+            prompt.extend(tokens)
+            pos = at + len(content)
+        if pos < len(rendered):
+            prompt.append(rendered[pos:])
+        return prompt
+
+    def _remember_reply(self, text: str, tokens: list[int], ended: bool) -> None:
+        if ended and tokens:
+            tokens = tokens[:-1]                   # the end-of-turn token; the template writes its own
+        if text and tokens:
+            self._reply_tokens[text] = [int(t) for t in tokens]
+            while len(self._reply_tokens) > REPLIES_KEPT:
+                self._reply_tokens.pop(next(iter(self._reply_tokens)))
 
     # -- the system-prompt prefix -----------------------------------------------------------
     def _ensure_prefix(self, system_prompt: str) -> None:
@@ -275,10 +318,10 @@ class LocalGGUFPolicy(Policy):
     def _slot_action(self, action: str, filename: str) -> dict[str, Any]:
         return self._post(f"/slots/0?action={action}", {"filename": filename})
 
-    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, route: str, body: dict[str, Any], timeout: float | None = 600) -> dict[str, Any]:
         import httpx
         try:
-            response = httpx.post(self._base_url + route, json=body, timeout=600,
+            response = httpx.post(self._base_url + route, json=body, timeout=timeout,
                                   headers={"Authorization": f"Bearer {self._api_key}"})
             data = response.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -315,21 +358,16 @@ def _error_text(result: Any) -> str:
     return str(result)[:500]
 
 
-def _reply_from(result: Any) -> PolicyReply:
-    if not isinstance(result, dict) or "error" in result or not result.get("choices"):
-        raise PolicyError(f"local policy: llama.cpp returned an error: {_error_text(result)}")
-    choice = result["choices"][0]
-    usage = result.get("usage") or {}
-    logprobs = None
-    content_lp = (choice.get("logprobs") or {}).get("content")
-    if content_lp:
-        logprobs = [float(t["logprob"]) for t in content_lp]
+def _reply_from(result: dict[str, Any]) -> PolicyReply:
+    """A reply from llama.cpp's native /completion answer."""
+    timings = result.get("timings") or {}
+    logprobs = [float(t["logprob"]) for t in result.get("completion_probabilities") or [] if "logprob" in t]
     return PolicyReply(
-        text=(choice.get("message") or {}).get("content") or "",
-        prompt_tokens=usage.get("prompt_tokens"),
-        cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        finish_reason=choice.get("finish_reason"),
-        logprobs=logprobs,
-        raw={"timings": result.get("timings") or {}, "model": result.get("model")},
+        text=str(result.get("content") or ""),
+        prompt_tokens=result.get("tokens_evaluated"),
+        cached_tokens=timings.get("cache_n"),
+        completion_tokens=result.get("tokens_predicted"),
+        finish_reason="length" if result.get("stop_type") == "limit" else "stop",
+        logprobs=logprobs or None,
+        raw={"timings": timings, "model": result.get("model")},
     )
