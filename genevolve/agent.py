@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import protocol
-from .program import IMG_ID_RE, Program, Reference, check_gen_prompt, ids_to_ordinals, unusable_issues
+from .program import (IMG_ID_MENTION_RE, IMG_ID_RE, Program, Reference, check_gen_prompt, ids_to_ordinals,
+                      renumber_ordinals, unusable_issues)
 from .policies.base import Policy, PolicyError, Sampling
 from .tools.base import Tool, ToolArgumentError, ToolContext, ToolResult
 from .trajectory import ANSWER, ERROR, MAX_ROUNDS, ToolCall, Trajectory, Turn
@@ -187,11 +188,20 @@ class Agent:
 
 
 
+def _reference(img_id: str, ctx: ToolContext, note: str = "") -> Reference:
+    found = ctx.images.references[img_id]
+    return Reference(img_id=img_id, note=note, local_path=found.local_path, url=found.url,
+                     title=found.title, page_url=found.page_url)
+
+
 def resolve_answer(answer: dict[str, Any] | None, ctx: ToolContext, max_references: int
                    ) -> tuple[Program, list[str]]:
     """Turn the policy's answer JSON into a Program, recording every repair as an issue.
 
-    Unknown or repeated ids are dropped, the rest sorted by id and capped at `max_references`.
+    Unknown or repeated ids are dropped, the rest sorted by id and capped at `max_references`;
+    a found image that gen_prompt names by id joins the list when it fits; ids of references in
+    gen_prompt become ordinals, and ordinals past the list are renumbered when they pair up with
+    references nothing names.
     """
     answer = answer or {}
     issues: list[str] = []
@@ -219,10 +229,8 @@ def resolve_answer(answer: dict[str, Any] | None, ctx: ToolContext, max_referenc
         if img_id in chosen:
             issues.append(f"duplicate_img_id: {img_id} dropped")
             continue
-        found = ctx.images.references[img_id]
         note = item.get("note") if isinstance(item.get("note"), str) else ""
-        chosen[img_id] = Reference(img_id=img_id, note=note, local_path=found.local_path, url=found.url,
-                                   title=found.title, page_url=found.page_url)
+        chosen[img_id] = _reference(img_id, ctx, note)
         order.append(img_id)
     ordered = sorted(order)
     if ordered != order:
@@ -230,8 +238,20 @@ def resolve_answer(answer: dict[str, Any] | None, ctx: ToolContext, max_referenc
     if len(ordered) > max_references:
         issues.append(f"references_truncated: kept {ordered[:max_references]}, dropped {ordered[max_references:]}")
         ordered = ordered[:max_references]
+    # An image the searches found but the list left out, named by id in gen_prompt ("the words from
+    # IMG-002"): the policy meant to use it. It joins the list when there is room and it sorts
+    # after every chosen id, so that no ordinal already in gen_prompt changes its meaning.
+    for mention in IMG_ID_MENTION_RE.finditer(gen_prompt):
+        img_id = f"IMG_{mention.group(1)}"
+        if img_id in ctx.images.references and img_id not in chosen and len(ordered) < max_references \
+                and all(img_id > i for i in ordered):
+            chosen[img_id] = _reference(img_id, ctx)
+            ordered.append(img_id)
+            issues.append(f"reference_added: {img_id} named in gen_prompt")
     gen_prompt, replaced = ids_to_ordinals(gen_prompt.strip(), ordered)
     issues.extend(replaced)
+    gen_prompt, renumbered = renumber_ordinals(gen_prompt, len(ordered))
+    issues.extend(renumbered)
     program = Program(gen_prompt=gen_prompt, references=[chosen[i] for i in ordered])
     issues.extend(check_gen_prompt(program.gen_prompt, len(program.references)))
     return program, issues

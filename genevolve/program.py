@@ -111,6 +111,41 @@ def ids_to_ordinals(gen_prompt: str, reference_ids: list[str]) -> tuple[str, lis
     return re.sub(r"\bthe the\b", "the", text, flags=re.IGNORECASE), notes
 
 
+def renumber_ordinals(gen_prompt: str, n_references: int) -> tuple[str, list[str]]:
+    """Point ordinals past the reference list at the references no ordinal names, when they pair up.
+
+    "The rocket is the first reference image. The heart is the fourth reference image." with two
+    references means the second one: the one reference left unnamed. Out-of-range positions map
+    in order onto the unnamed references only when there are exactly as many of each; otherwise
+    the text is left as it is (and `check_gen_prompt` reports it). Returns the text and one note
+    per rewritten mention.
+    """
+    mentions = reference_mentions(gen_prompt)
+    beyond = sorted({n for _, _, n in mentions if n > n_references})
+    # A position counts as named when its word occurs at all ("the first and second reference
+    # image" names both), so a doubtful text is left alone.
+    named = {m for _, _, m in mentions} | {n for w, n in _ORDINAL_WORDS.items()
+                                           if re.search(rf"\b{w}\b", gen_prompt, re.IGNORECASE)}
+    unnamed = [n for n in range(1, n_references + 1) if n not in named]
+    if not beyond or len(beyond) != len(unnamed):
+        return gen_prompt, []
+    new_position = dict(zip(beyond, unnamed))
+    words = {n: w for w, n in _ORDINAL_WORDS.items() if w.isalpha()}
+    notes: list[str] = []
+    parts, last = [], 0
+    for start, end, n in mentions:
+        if n not in new_position:
+            continue
+        old = gen_prompt[start:end]
+        m = _ORDINAL_BEFORE.fullmatch(old)
+        new = (old[:m.start(1)] + words[new_position[n]] + old[m.end(1):] if m else
+               re.sub(r"\d+$", str(new_position[n]), old))
+        notes.append(f"ordinal_renumbered: {old!r} -> {new!r}")
+        parts += [gen_prompt[last:start], new]
+        last = end
+    return "".join(parts) + gen_prompt[last:], notes
+
+
 # Issues (prefixes of `check_gen_prompt`'s strings) that make a program unusable as written, as
 # opposed to repairs the runtime already made (reordered or dropped references).
 UNUSABLE_PROGRAM_ISSUES = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt")

@@ -190,11 +190,30 @@ Every image found has an id like IMG_001.
 3. Answer as soon as each subject has a good reference. Pick at most {max_references}, one per subject.
 4. Be brief: <think> is one short sentence; gen_prompt is one or two sentences (under 40 words) \
 that state what the request asks for, with no padding."""
+        # Worked turns teach a small model the first move better than rules do; the answer shown
+        # is for a subject no benchmark request uses, so copying it would be visible.
+        examples = """
+
+# Examples
+Request: A red fox asleep in the snow
+<think>The fox is named.</think>
+<tool_call>{"name": "image_search", "arguments": {"query": "red fox"}}</tool_call>
+Request: A statue of the first president of the United States
+<think>That is George Washington.</think>
+<tool_call>{"name": "image_search", "arguments": {"query": "George Washington"}}</tool_call>
+Request: The mascot of the 1972 Summer Olympics as a plush toy
+<think>I do not know this mascot.</think>
+<tool_call>{"name": "search", "arguments": {"queries": ["1972 Summer Olympics mascot"]}}</tool_call>
+After "[IMG_001] Red fox (emoji)" came back for the fox:
+<think>IMG_001 is the fox.</think>
+<answer>{"gen_prompt": "A red fox curled up asleep in deep snow. The fox looks like the first reference image.", \
+"reference_images": [{"img_id": "IMG_001", "note": "the fox"}]}</answer>"""
     else:
         skill_lines = "\n".join(
             f"- {s.name}: {s.description}\n  Use when: {s.use_when}\n  Not when: {s.not_when}"
             for s in skills.values())
         skills_block = f"# Skills (load with query_knowledge)\n{skill_lines}"
+        examples = ""
         how = f"""1. Find the facts the request hides (who, what, where, when) with `search` before choosing images.
 2. Call `image_search` at least once, one subject per call. Every image found has an id like IMG_001.
 3. Load every skill whose trigger the request meets; after a skill result, say in your next \
@@ -228,4 +247,4 @@ you found.
 - In gen_prompt refer to references only by their position in reference_images: the first listed \
 is "the first reference image", and so on. Never write IMG ids or URLs in gen_prompt.
 - reference_images lists the chosen ids sorted by id (IMG_002 before IMG_005).
-- Only use ids that image_search returned."""
+- Only use ids that image_search returned.{examples}"""

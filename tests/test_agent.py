@@ -147,6 +147,34 @@ def test_ids_of_chosen_references_become_ordinals(tools):
     assert [t.action for t in traj.turns] == ["tool_call", "answer"]
 
 
+def test_found_image_named_by_id_joins_the_references_when_no_ordinal_moves(tools):
+    search = tool_call("image_search", {"query": "apple"})          # IMG_001 green, IMG_002 red
+    script = [search, answer("The first reference image on a table and the fruit from IMG-002", ["IMG_001"])]
+    with FakeChatServer(script) as server:
+        traj = run(server, tools)
+    assert [r.img_id for r in traj.program.references] == ["IMG_001", "IMG_002"]
+    assert traj.program.gen_prompt == "The first reference image on a table and the fruit from the second reference image"
+    assert traj.program_issues == ["reference_added: IMG_002 named in gen_prompt",
+                                   "img_id_replaced: 'IMG-002' -> 'the second reference image'"]
+    # IMG_001 would become the first reference and move "the first reference image" to it: not added.
+    script = [search, answer("The first reference image beside IMG_001", ["IMG_002"])]
+    with FakeChatServer(script) as server:
+        traj = run(server, tools, AgentConfig(answer_retries=0))
+    assert [r.img_id for r in traj.program.references] == ["IMG_002"]
+    assert any(i.startswith("img_id_in_gen_prompt") for i in traj.program_issues)
+
+
+def test_ordinal_past_the_list_is_renumbered_without_sending_the_answer_back(tools):
+    script = [tool_call("image_search", {"query": "apple"}),
+              answer("The table is the first reference image. The apple is the fourth reference image.",
+                     ["IMG_001", "IMG_002"])]
+    with FakeChatServer(script) as server:
+        traj = run(server, tools)
+    assert traj.program.gen_prompt.endswith("The apple is the second reference image.")
+    assert traj.program_issues == ["ordinal_renumbered: 'fourth reference image' -> 'second reference image'"]
+    assert [t.action for t in traj.turns] == ["tool_call", "answer"]
+
+
 def test_unusable_answer_goes_back_with_the_reason_and_the_correction_is_kept(tools):
     bad = answer("The first reference image beside the second reference image", ["IMG_001"])
     good = answer("The flag from the first reference image on a pole", ["IMG_001"])

@@ -1,9 +1,10 @@
 import json
+import re
 
 import pytest
 
 from genevolve import protocol
-from genevolve.program import Program, Reference, check_gen_prompt, ordinals_in
+from genevolve.program import Program, Reference, check_gen_prompt, ordinals_in, renumber_ordinals
 
 
 def test_tool_call_with_think():
@@ -76,6 +77,40 @@ def test_inline_skills_prompt_carries_the_briefs_and_the_small_budget(tools):
     assert "Use when:" not in prompt and "at most 3 tool calls" in prompt
     assert "the first reference image" in prompt and "<answer>" in prompt
     assert len(prompt) < len(protocol.build_system_prompt([t.schema() for t in tools]))
+
+
+def test_inline_prompt_examples_are_valid_turns(tools):
+    """The worked turns in the small policy's prompt are what it imitates: each must be a turn the
+    runtime accepts, with arguments the tool validates and an answer with no program issue."""
+    from genevolve.tools.base import validate_arguments
+    schemas = {t.name: t.schema() for t in tools}
+    prompt = protocol.build_system_prompt(list(schemas.values()), max_tool_calls=2, inline_skills=True)
+    examples = prompt.split("# Examples\n", 1)[1]
+    turns = re.findall(r"<think>.*?</think>\n<(?:tool_call|answer)>.*?</(?:tool_call|answer)>", examples)
+    assert len(turns) == 4
+    kinds = []
+    for text in turns:
+        parsed = protocol.parse_turn(text)
+        kinds.append(parsed.tool_name or parsed.kind)
+        if parsed.kind == "tool_call":
+            validate_arguments(schemas[parsed.tool_name]["parameters"], parsed.arguments)
+        else:
+            refs = parsed.answer["reference_images"]
+            assert check_gen_prompt(parsed.answer["gen_prompt"], len(refs)) == []
+    assert kinds == ["image_search", "image_search", "search", "answer"]
+    assert "# Examples" not in protocol.build_system_prompt(list(schemas.values()))
+
+
+def test_ordinals_past_the_list_go_to_the_references_nothing_names():
+    text, notes = renumber_ordinals("The rocket is the first reference image. The heart is the fourth reference.", 2)
+    assert text == "The rocket is the first reference image. The heart is the second reference."
+    assert notes == ["ordinal_renumbered: 'fourth reference' -> 'second reference'"]
+    text, _ = renumber_ordinals("Put reference image 3 left of the fifth reference image", 2)
+    assert text == "Put reference image 1 left of the second reference image" and check_gen_prompt(text, 2) == []
+    # left alone when they do not pair up, or when every position is already named somewhere
+    for doubtful in ("The third and the fourth reference image", "The first and second reference image, "
+                     "then the third reference image"):
+        assert renumber_ordinals(doubtful, 2) == (doubtful, [])
 
 
 def test_ordinals_and_program_checks():

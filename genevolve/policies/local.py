@@ -9,7 +9,9 @@ Three things make a 1.5B model on two CPU cores usable as the agent's policy:
 - **Prefix caching.** The system prompt (~1,250 tokens with the skill briefs: a minute of prefill here) is
   evaluated once, kept in the KV cache across rounds and requests, and saved to disk with
   llama.cpp's slot save/restore under `cache_dir()/kv/`, keyed by model, exact system prompt and
-  context size, so a new process restores it instead of prefilling it again.
+  context size, so a new process restores it instead of prefilling it again. Each reply goes
+  back into the next turn's prompt as the tokens that were sampled (llama.cpp's /completion takes
+  text and token ids mixed), so the cache also covers every earlier turn.
 - **One model, serialized calls.** `chat()` runs the blocking call in a worker thread behind a
   lock, so the event loop stays free for tool calls of other requests.
 """
@@ -149,8 +151,6 @@ class LocalGGUFPolicy(Policy):
         params.api_keys = [self._api_key]        # the side HTTP port answers only to us
         params.hostnames = ["127.0.0.1"]
         params.port = 0
-        params.force_pure_content_parser = True  # keep <think>/<tool_call> in the text, unparsed
-        params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
         params.ui = False
         params.verbosity = 3 if self.verbose else 0
         started = time.perf_counter()
@@ -167,13 +167,11 @@ class LocalGGUFPolicy(Policy):
     def _protocol_tag_tokens(self) -> dict[str, str]:
         """GBNF token expressions for the protocol tags that must be sampled as exact tokens.
 
-        llama.cpp reuses its KV cache only up to the first token where the conversation sent
-        back differs from what it computed. A tag the grammar spells as text can be sampled in
-        pieces ('<', 'tool', '_call', '>') that the server, re-tokenizing the reply next turn,
-        writes as one token, so everything after it would be prefilled again each turn. Tags
-        that are one vocabulary token (Qwen's `<tool_call>`) are therefore matched as that
-        token, and the opening `<think>`, which starts every reply so nothing merges into it,
-        as its own tokens.
+        Tags that are one vocabulary token (Qwen's `<tool_call>`) are matched as that token, the
+        way the model was trained to write them, and the opening `<think>`, which starts every
+        reply so nothing merges into it, as its own tokens. A tag spelled as text could be sampled
+        in pieces ('<', 'tool', '_call', '>'); a reply re-tokenized from its text (one this
+        process did not sample, see `_prompt_for`) would then no longer match the KV cache there.
         """
         def tokenize(text: str) -> list[dict[str, Any]]:
             return self._post("/tokenize", {"content": text, "add_special": False, "parse_special": True,
