@@ -6,12 +6,12 @@ Three things make a 1.5B model on two CPU cores usable as the agent's policy:
   protocol turn: `<think>` (bounded length) then one `<tool_call>` naming a real tool with
   schema-shaped arguments, or one `<answer>` with a well-formed program. A small model cannot
   then invent tools, break the JSON or ramble without end.
-- **Prefix caching.** The system prompt (~1,250 tokens with the skill briefs: a minute of prefill here) is
-  evaluated once, kept in the KV cache across rounds and requests, and saved to disk with
-  llama.cpp's slot save/restore under `cache_dir()/kv/`, keyed by model, exact system prompt and
-  context size, so a new process restores it instead of prefilling it again. Each reply goes
-  back into the next turn's prompt as the tokens that were sampled (llama.cpp's /completion takes
-  text and token ids mixed), so the cache also covers every earlier turn.
+- **Prefix caching.** The system prompt (~1,450 tokens with skill briefs and worked turns: over a
+  minute of prefill here) is evaluated once, kept in the KV cache across rounds and requests, and
+  saved to disk with llama.cpp's slot save/restore under `cache_dir()/kv/`, keyed by model, exact
+  system prompt and context size, so a new process restores it instead of prefilling it again.
+  Each reply goes back into the next turn's prompt as the tokens that were sampled (llama.cpp's
+  /completion takes text and token ids mixed), so the cache also covers every earlier turn.
 - **One model, serialized calls.** `chat()` runs the blocking call in a worker thread behind a
   lock, so the event loop stays free for tool calls of other requests.
 """
