@@ -64,6 +64,8 @@ async def main(out: str | None, policy_options: dict, passes: int, temperature: 
           + f"; temperature {config.sampling.temperature}")
 
     rows = []
+    # Rows are appended as they come, so an interrupted run keeps what it measured.
+    out_file = open(out, "w", encoding="utf-8") if out else None
     for pass_no, request in ((p, r) for p in range(1, passes + 1) for r in REQUESTS):
         t0 = time.perf_counter()
         traj = await agent.run(request)
@@ -81,11 +83,16 @@ async def main(out: str | None, policy_options: dict, passes: int, temperature: 
                "references": [r.title for r in traj.program.references] if traj.program else [],
                "issues": traj.program_issues}
         rows.append(row)
+        if out_file:
+            out_file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out_file.flush()
         print(f"{wall:6.1f}s  valid={row['valid']!s:5}  rounds={traj.rounds:2}  "
               f"prefill/turn={prefill}  gen/turn={generated}  {request[:60]}")
         print(f"        calls={row['calls']} refs={row['references']}")
         print(f"        gen_prompt={str(row['gen_prompt'])[:150]}")
     await agent.aclose()
+    if out_file:
+        out_file.close()
     walls = [r["wall_s"] for r in rows]
     if passes > 1:
         print("\nper pass: " + "; ".join(
@@ -100,10 +107,6 @@ async def main(out: str | None, policy_options: dict, passes: int, temperature: 
     n_valid = sum(r["valid"] for r in rows)
     print(f"valid programs: {n_valid}/{len(rows)} = {n_valid / len(rows):.0%}  (target >= 95%); "
           f"with at least one reference: {sum(bool(r['references']) for r in rows)}/{len(rows)}")
-    if out:
-        with open(out, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
