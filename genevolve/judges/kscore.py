@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import DIMENSIONS, Judge, JudgeError, JudgeResult
-from .vlm_client import (Endpoint, VLMClient, ask_until_valid, extract_json, resolve_endpoint,
-                         text_part)
+from .vlm_client import EndpointJudge, ask_until_valid, extract_json, text_part
 
 RUBRIC_VERSION = "genevolve-kscore-1"
 ALLOWED = (0.0, 0.5, 1.0)
@@ -105,19 +104,10 @@ def missing_images(**paths: str | Path | None) -> str | None:
     return "; ".join(gone) or None
 
 
-class KScoreJudge(Judge):
+class KScoreJudge(EndpointJudge, Judge):
     """The four-dimension KScore judge over any OpenAI-compatible multimodal endpoint."""
 
     name = "kscore"
-
-    def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
-                 *, rpm: float | None = None, max_attempts: int = 4, max_side: int = 4096,
-                 timeout_s: float = 300.0, retries: int = 6, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0):
-        self.endpoint: Endpoint = resolve_endpoint(base_url, model, api_key)
-        self.client = VLMClient(self.endpoint, timeout_s=timeout_s, rpm=rpm, retries=retries,
-                                backoff_s=backoff_s, max_backoff_s=max_backoff_s, max_side=max_side)
-        self.max_attempts = max_attempts
 
     def info(self) -> dict[str, str]:
         return {"judge": self.name, "model": self.endpoint.model, "endpoint": self.endpoint.base_url,
@@ -145,6 +135,3 @@ class KScoreJudge(Judge):
         except JudgeError as exc:
             return JudgeResult.failure(str(exc), attempts=self.max_attempts, **info)
         return JudgeResult(scores=scores, text_accuracy_na=na, rationale=rationale, attempts=attempts, **info)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()

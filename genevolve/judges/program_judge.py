@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from ..protocol import MAX_REFERENCES, parse_turn
 from .base import Judge, JudgeError, JudgeResult
 from .kscore import grade, missing_images
-from .vlm_client import Endpoint, VLMClient, ask_until_valid, extract_json, resolve_endpoint, text_part
+from .vlm_client import EndpointJudge, ask_until_valid, extract_json, text_part
 
 RUBRIC_VERSION = "genevolve-program-1"
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -83,19 +83,10 @@ def program_for_judge(program: dict[str, Any]) -> dict[str, Any]:
                                  for r in refs if isinstance(r, dict)]}
 
 
-class ProgramJudge:
+class ProgramJudge(EndpointJudge):
     """R_text over any OpenAI-compatible multimodal endpoint."""
 
     name = "program"
-
-    def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
-                 *, rpm: float | None = None, max_attempts: int = 4, max_side: int = 4096,
-                 timeout_s: float = 300.0, retries: int = 6, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0):
-        self.endpoint: Endpoint = resolve_endpoint(base_url, model, api_key)
-        self.client = VLMClient(self.endpoint, timeout_s=timeout_s, rpm=rpm, retries=retries,
-                                backoff_s=backoff_s, max_backoff_s=max_backoff_s, max_side=max_side)
-        self.max_attempts = max_attempts
 
     async def score(self, *, request: str, gt_image: str | Path, program: dict[str, Any]) -> ProgramJudgement:
         info = {"model": self.endpoint.model, "endpoint": self.endpoint.base_url}
@@ -114,9 +105,6 @@ class ProgramJudge:
         except JudgeError as exc:
             return ProgramJudgement(error=str(exc), attempts=self.max_attempts, **info)
         return ProgramJudgement(score=value, rationale=rationale, attempts=attempts, **info)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -172,6 +172,23 @@ class VLMClient:
         await self._http.aclose()
 
 
+class EndpointJudge:
+    """What every judge over an OpenAI-compatible multimodal endpoint holds: the endpoint, a
+    rate-limited client, and how often a reply that does not parse is asked for again."""
+
+    def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
+                 *, rpm: float | None = None, max_attempts: int = 4, max_side: int = 4096,
+                 timeout_s: float = 300.0, retries: int = 6, backoff_s: float = 1.0,
+                 max_backoff_s: float = 30.0):
+        self.endpoint: Endpoint = resolve_endpoint(base_url, model, api_key)
+        self.client = VLMClient(self.endpoint, timeout_s=timeout_s, rpm=rpm, retries=retries,
+                                backoff_s=backoff_s, max_backoff_s=max_backoff_s, max_side=max_side)
+        self.max_attempts = max_attempts
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading JSON out of a model's reply
 

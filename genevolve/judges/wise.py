@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from .base import JudgeError
 from .kscore import grade, missing_images
-from .vlm_client import Endpoint, VLMClient, ask_until_valid, extract_json, resolve_endpoint, text_part
+from .vlm_client import EndpointJudge, ask_until_valid, extract_json, text_part
 
 CATEGORIES = ("cultural", "time", "space", "biology", "physics", "chemistry")
 
@@ -195,20 +195,15 @@ def wiscore(consistency: float, realism: float, aesthetic_quality: float) -> flo
 # ---------------------------------------------------------------------------------------------
 # The judge
 
-class WiseJudge:
+class WiseJudge(EndpointJudge):
     """Scores one image per WISE prompt under one protocol, over an OpenAI-compatible endpoint."""
 
-    def __init__(self, protocol: str, base_url: str | None = None, model: str | None = None,
-                 api_key: str | None = None, *, rpm: float | None = None, max_attempts: int = 4,
-                 max_side: int = 4096, timeout_s: float = 300.0, retries: int = 6, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0):
+    def __init__(self, protocol: str, *args: Any, **kwargs: Any):
+        """`protocol` names the WISE judging protocol; the rest is `EndpointJudge`'s."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown WISE protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
         self.protocol = PROTOCOLS[protocol]
-        self.endpoint: Endpoint = resolve_endpoint(base_url, model, api_key)
-        self.client = VLMClient(self.endpoint, timeout_s=timeout_s, rpm=rpm, retries=retries,
-                                backoff_s=backoff_s, max_backoff_s=max_backoff_s, max_side=max_side)
-        self.max_attempts = max_attempts
+        super().__init__(*args, **kwargs)
 
     def info(self) -> dict[str, str]:
         return {"judge": f"wise-{self.protocol.name}", "model": self.endpoint.model,
@@ -235,9 +230,6 @@ class WiseJudge:
         if legacy:
             return {**record, **value, "wiscore": wiscore(**value), "attempts": attempts}
         return {**record, "score": value, "attempts": attempts}
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
 
 # ---------------------------------------------------------------------------------------------
