@@ -22,6 +22,7 @@ _ORDINAL_WORDS = {
     "sixth": 6, "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10,
     "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5,
 }
+_ORDINAL_WORD_OF = {n: w for w, n in _ORDINAL_WORDS.items() if w.isalpha()}     # 2 -> "second"
 # "the second reference image", "the 3rd reference", "reference image 2", "ref image #2"
 _ORDINAL_BEFORE = re.compile(
     r"\b(" + "|".join(_ORDINAL_WORDS) + r")\s+(?:reference|ref)(?:\s+(?:image|photo|picture))?\b",
@@ -97,14 +98,13 @@ def ids_to_ordinals(gen_prompt: str, reference_ids: list[str]) -> tuple[str, lis
     Returns the new text and one note per replacement; ids of images not chosen stay (and are
     then reported by `check_gen_prompt`).
     """
-    words = {n: w for w, n in _ORDINAL_WORDS.items() if w.isalpha()}
     notes: list[str] = []
 
     def replace(m: re.Match) -> str:
         img_id = f"IMG_{m.group(1)}"
-        if img_id not in reference_ids or reference_ids.index(img_id) + 1 not in words:
+        if img_id not in reference_ids or reference_ids.index(img_id) + 1 not in _ORDINAL_WORD_OF:
             return m.group(0)
-        phrase = f"the {words[reference_ids.index(img_id) + 1]} reference image"
+        phrase = f"the {_ORDINAL_WORD_OF[reference_ids.index(img_id) + 1]} reference image"
         notes.append(f"img_id_replaced: {m.group(0).strip()!r} -> {phrase!r}")
         return phrase
     text = _ID_PHRASE_RE.sub(replace, gen_prompt)
@@ -130,7 +130,6 @@ def renumber_ordinals(gen_prompt: str, n_references: int) -> tuple[str, list[str
     if not beyond or len(beyond) != len(unnamed):
         return gen_prompt, []
     new_position = dict(zip(beyond, unnamed))
-    words = {n: w for w, n in _ORDINAL_WORDS.items() if w.isalpha()}
     notes: list[str] = []
     parts, last = [], 0
     for start, end, n in mentions:
@@ -138,7 +137,7 @@ def renumber_ordinals(gen_prompt: str, n_references: int) -> tuple[str, list[str
             continue
         old = gen_prompt[start:end]
         m = _ORDINAL_BEFORE.fullmatch(old)
-        new = (old[:m.start(1)] + words[new_position[n]] + old[m.end(1):] if m else
+        new = (old[:m.start(1)] + _ORDINAL_WORD_OF[new_position[n]] + old[m.end(1):] if m else
                re.sub(r"\d+$", str(new_position[n]), old))
         notes.append(f"ordinal_renumbered: {old!r} -> {new!r}")
         parts += [gen_prompt[last:start], new]

@@ -283,14 +283,9 @@ class LocalGGUFPolicy(Policy):
                 return
             except PolicyError:
                 file.unlink(missing_ok=True)          # stale or corrupt: rebuild it below
-        try:
-            result = self._server.handle_completions(
-                {"prompt": prefix, "max_tokens": 1, "temperature": 0.0, "cache_prompt": True})
-        except Exception as exc:
-            result = {"error": {"message": str(exc)}}
-        if not isinstance(result, dict) or "error" in result:
-            raise PolicyError(f"local policy: prefilling the system prompt failed: {_error_text(result)}")
-        timings = result.get("timings") or {}
+        # Through the same /completion route as every turn, so that both tokenize alike.
+        timings = self._post("/completion", {"prompt": prefix, "n_predict": 1, "temperature": 0.0,
+                                             "cache_prompt": True}, timeout=None).get("timings") or {}
         tmp_name = f"tmp-{key}-{os.getpid()}.bin"
         try:
             self._slot_action("save", tmp_name)
