@@ -81,7 +81,7 @@ async def main(out: str | None, policy_options: dict, passes: int, temperature: 
                "generated_per_turn": generated, "valid": valid(traj), "termination": traj.termination,
                "gen_prompt": traj.program.gen_prompt if traj.program else None,
                "references": [r.title for r in traj.program.references] if traj.program else [],
-               "issues": traj.program_issues}
+               "issues": [str(i) for i in traj.program_issues]}
         rows.append(row)
         if out_file:
             out_file.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,5 +1,7 @@
 """Plumbing shared by every async HTTP client of the project.
 
+- `RetryPolicy`: the one retry policy (how many attempts, which failures, how long to wait),
+  used by `request_with_retries` (httpx clients) and `chat_client.ChatClient` (aiohttp).
 - `request_with_retries`: one request, retried with exponential backoff on the failures that
   usually pass (429, most 5xx, dropped or refused connections, timeouts), honouring Retry-After.
 - `LoopLocalClient`: one `httpx.AsyncClient` per running event loop. Backends are created once
@@ -16,6 +18,7 @@ import asyncio
 import email.utils
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import httpx
@@ -43,6 +46,27 @@ class HTTPRetryError(RuntimeError):
 
 def is_retryable_status(status: int) -> bool:
     return status in (408, 429) or (500 <= status < 600 and status not in _NOT_RETRIED_5XX)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a request is retried: `attempts` tries in all; before retry n (n = 0, 1, ...) wait the
+    server's Retry-After when it sends one, else `backoff_s * 2**n`, either way at most
+    `max_backoff_s`. Retried: HTTP 408, 429 and 5xx (but 501/505) and transport failures."""
+
+    attempts: int = 5
+    backoff_s: float = 1.0
+    max_backoff_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
+
+    def retryable(self, status: int) -> bool:
+        return is_retryable_status(status)
+
+    def wait(self, attempt: int, retry_after: float | None = None) -> float:
+        return min(retry_after if retry_after is not None else self.backoff_s * 2 ** attempt, self.max_backoff_s)
 
 
 def safe_url(url: httpx.URL | str) -> str:
@@ -74,22 +98,23 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 async def request_with_retries(client: httpx.AsyncClient, method: str, url: str | httpx.URL, *,
                                retries: int = 3, backoff: float = 0.5, max_backoff: float = 8.0,
-                               **kw: Any) -> httpx.Response:
-    """Send one request, retrying up to `retries` more times (so `retries + 1` attempts in all).
+                               policy: RetryPolicy | None = None, **kw: Any) -> httpx.Response:
+    """Send one request, retrying up to `retries` more times (so `retries + 1` attempts in all),
+    or as `policy` says when given.
 
     Retried: HTTP 408, 429 and 5xx (except 501/505), and transport errors (refused or reset
-    connections, timeouts). The wait before retry n (n = 0, 1, ...) is the server's Retry-After
-    when it sends one, otherwise `backoff * 2**n`; either way at most `max_backoff` seconds.
-    Any other status is returned as is for the caller to interpret (401, 404, ...). When the last
-    attempt still fails, raises HTTPRetryError naming the last status or error.
+    connections, timeouts); waits as RetryPolicy.wait says. Any other status is returned as is for
+    the caller to interpret (401, 404, ...). When the last attempt still fails, raises
+    HTTPRetryError naming the last status or error.
 
     Every method is retried, POST included: the callers here (search APIs, image services) are
     safe to repeat. Keyword arguments go to `client.request` (json=, params=, headers=, ...).
     """
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
+    policy = policy or RetryPolicy(attempts=retries + 1, backoff_s=backoff, max_backoff_s=max_backoff)
     shown = safe_url(url)
-    attempts = retries + 1
+    attempts = policy.attempts
     for attempt in range(attempts):
         last = attempt == attempts - 1
         try:
@@ -100,20 +125,19 @@ async def request_with_retries(client: httpx.AsyncClient, method: str, url: str 
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if last:
                 raise HTTPRetryError(method, shown, attempts, reason) from exc
-            wait = min(backoff * 2 ** attempt, max_backoff)
+            wait = policy.wait(attempt)
             log.warning("%s %s: %s; retrying in %.2fs (%d/%d)", method, shown, reason, wait,
-                        attempt + 1, retries)
+                        attempt + 1, attempts - 1)
             await asyncio.sleep(wait)
             continue
-        if not is_retryable_status(response.status_code):
+        if not policy.retryable(response.status_code):
             return response
         reason = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
         if last:
             raise HTTPRetryError(method, shown, attempts, reason, status=response.status_code)
-        asked = retry_after_seconds(response)
-        wait = min(asked if asked is not None else backoff * 2 ** attempt, max_backoff)
+        wait = policy.wait(attempt, retry_after_seconds(response))
         log.warning("%s %s: %s; retrying in %.2fs (%d/%d)", method, shown, reason, wait,
-                    attempt + 1, retries)
+                    attempt + 1, attempts - 1)
         await response.aclose()
         await asyncio.sleep(wait)
     raise AssertionError("unreachable")  # the loop returns or raises on its last attempt

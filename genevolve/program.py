@@ -31,6 +31,40 @@ _ORDINAL_BEFORE = re.compile(
 _NUMBER_AFTER = re.compile(r"\b(?:reference|ref)\s+(?:image|photo|picture)?\s*#?(\d+)\b", re.IGNORECASE)
 
 
+@dataclass(frozen=True)
+class ProgramIssue:
+    """Something the runtime found or changed in an answer: `kind` is one of ISSUE_KINDS."""
+
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}" if self.detail else self.kind
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "detail": self.detail}
+
+    @classmethod
+    def from_any(cls, value: Any) -> "ProgramIssue":
+        """From {"kind", "detail"} or a schema-1 string "kind: detail"."""
+        if isinstance(value, dict):
+            return cls(str(value["kind"]), str(value.get("detail") or ""))
+        if isinstance(value, str):
+            kind, _, detail = value.partition(":")
+            return cls(kind.strip(), detail.strip())
+        raise TypeError(f"a program issue must be an object or a string, got {type(value).__name__}")
+
+
+# Issue kinds. Resolution: how the answer's reference list became the program's. Repairs: what
+# the runtime rewrote (each a named step a protocol mode may switch off). Unusable: what a
+# generator would trip over; an answer with one of these is not usable as written.
+RESOLUTION_ISSUES = ("gen_prompt_not_string", "reference_images_not_list", "malformed_reference",
+                     "unknown_img_id", "duplicate_img_id", "references_reordered", "references_truncated")
+REPAIR_ISSUES = ("reference_added", "img_id_replaced", "ordinal_renumbered")
+UNUSABLE_ISSUES = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt")
+ISSUE_KINDS = RESOLUTION_ISSUES + REPAIR_ISSUES + UNUSABLE_ISSUES
+
+
 @dataclass
 class Reference:
     """One reference image of a program, as the policy chose it."""
@@ -64,7 +98,7 @@ class Program:
         refs = d.get("reference_images") or d.get("references") or []
         return cls(gen_prompt=d.get("gen_prompt") or "", references=[Reference.from_dict(r) for r in refs])
 
-    def check(self) -> list[str]:
+    def check(self) -> list[ProgramIssue]:
         """Problems a generator would trip over; empty when the program is clean."""
         return check_gen_prompt(self.gen_prompt, len(self.references))
 
@@ -91,33 +125,33 @@ _ID_PHRASE_RE = re.compile(r"(?:\b(?:the\s+)?(?:reference\s+)?(?:image|picture|p
                            r"\(?" + _ID_MENTION + r"\)?", re.IGNORECASE)
 
 
-def ids_to_ordinals(gen_prompt: str, reference_ids: list[str]) -> tuple[str, list[str]]:
+def ids_to_ordinals(gen_prompt: str, reference_ids: list[str]) -> tuple[str, list[ProgramIssue]]:
     """Replace mentions of chosen references' ids in gen_prompt ("IMG_002", "image IMG-002")
     with their ordinal phrase ("the second reference image"), as the protocol wants them named.
 
-    Returns the new text and one note per replacement; ids of images not chosen stay (and are
+    Returns the new text and one issue per replacement; ids of images not chosen stay (and are
     then reported by `check_gen_prompt`).
     """
-    notes: list[str] = []
+    issues: list[ProgramIssue] = []
 
     def replace(m: re.Match) -> str:
         img_id = f"IMG_{m.group(1)}"
         if img_id not in reference_ids or reference_ids.index(img_id) + 1 not in _ORDINAL_WORD_OF:
             return m.group(0)
         phrase = f"the {_ORDINAL_WORD_OF[reference_ids.index(img_id) + 1]} reference image"
-        notes.append(f"img_id_replaced: {m.group(0).strip()!r} -> {phrase!r}")
+        issues.append(ProgramIssue("img_id_replaced", f"{m.group(0).strip()!r} -> {phrase!r}"))
         return phrase
     text = _ID_PHRASE_RE.sub(replace, gen_prompt)
-    return re.sub(r"\bthe the\b", "the", text, flags=re.IGNORECASE), notes
+    return re.sub(r"\bthe the\b", "the", text, flags=re.IGNORECASE), issues
 
 
-def renumber_ordinals(gen_prompt: str, n_references: int) -> tuple[str, list[str]]:
+def renumber_ordinals(gen_prompt: str, n_references: int) -> tuple[str, list[ProgramIssue]]:
     """Point ordinals past the reference list at the references no ordinal names, when they pair up.
 
     "The rocket is the first reference image. The heart is the fourth reference image." with two
     references means the second one: the one reference left unnamed. Out-of-range positions map
     in order onto the unnamed references only when there are exactly as many of each; otherwise
-    the text is left as it is (and `check_gen_prompt` reports it). Returns the text and one note
+    the text is left as it is (and `check_gen_prompt` reports it). Returns the text and one issue
     per rewritten mention.
     """
     mentions = reference_mentions(gen_prompt)
@@ -130,7 +164,7 @@ def renumber_ordinals(gen_prompt: str, n_references: int) -> tuple[str, list[str
     if not beyond or len(beyond) != len(unnamed):
         return gen_prompt, []
     new_position = dict(zip(beyond, unnamed))
-    notes: list[str] = []
+    issues: list[ProgramIssue] = []
     parts, last = [], 0
     for start, end, n in mentions:
         if n not in new_position:
@@ -139,34 +173,29 @@ def renumber_ordinals(gen_prompt: str, n_references: int) -> tuple[str, list[str
         m = _ORDINAL_BEFORE.fullmatch(old)
         new = (old[:m.start(1)] + _ORDINAL_WORD_OF[new_position[n]] + old[m.end(1):] if m else
                re.sub(r"\d+$", str(new_position[n]), old))
-        notes.append(f"ordinal_renumbered: {old!r} -> {new!r}")
+        issues.append(ProgramIssue("ordinal_renumbered", f"{old!r} -> {new!r}"))
         parts += [gen_prompt[last:start], new]
         last = end
-    return "".join(parts) + gen_prompt[last:], notes
+    return "".join(parts) + gen_prompt[last:], issues
 
 
-# Issues (prefixes of `check_gen_prompt`'s strings) that make a program unusable as written, as
-# opposed to repairs the runtime already made (reordered or dropped references).
-UNUSABLE_PROGRAM_ISSUES = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt")
-
-
-def unusable_issues(issues: list[str]) -> list[str]:
+def unusable_issues(issues: list[ProgramIssue]) -> list[ProgramIssue]:
     """The issues among these that make the program unusable as written."""
-    return [i for i in issues if i.startswith(UNUSABLE_PROGRAM_ISSUES)]
+    return [i for i in issues if i.kind in UNUSABLE_ISSUES]
 
 
-def check_gen_prompt(gen_prompt: str, n_references: int) -> list[str]:
-    issues: list[str] = []
+def check_gen_prompt(gen_prompt: str, n_references: int) -> list[ProgramIssue]:
+    issues: list[ProgramIssue] = []
     if not gen_prompt.strip():
-        issues.append("empty_gen_prompt")
+        issues.append(ProgramIssue("empty_gen_prompt"))
         return issues
     beyond = sorted({n for n in ordinals_in(gen_prompt) if n > n_references})
     if beyond:
-        issues.append(f"ordinal_out_of_range: gen_prompt names reference {beyond} "
-                      f"but the program has {n_references}")
+        issues.append(ProgramIssue("ordinal_out_of_range", f"gen_prompt names reference {beyond} "
+                                                           f"but the program has {n_references}"))
     ids = [m.group(0) for m in IMG_ID_MENTION_RE.finditer(gen_prompt)]
     if ids:
-        issues.append(f"img_id_in_gen_prompt: {sorted(set(ids))}")
+        issues.append(ProgramIssue("img_id_in_gen_prompt", str(sorted(set(ids)))))
     if URL_RE.search(gen_prompt):
-        issues.append("url_in_gen_prompt")
+        issues.append(ProgramIssue("url_in_gen_prompt"))
     return issues

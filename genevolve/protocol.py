@@ -13,7 +13,8 @@ Parsing rules for untidy replies (deterministic, tested):
   first, and everything after it was written without seeing its result. The others are ignored
   and noted in the turn record ("2 extra actions ignored").
 - JSON is read strictly first, then leniently (trailing commas, a stray fence, text after the
-  closing brace). A reply whose action cannot be read is a format error.
+  closing brace; `jsonio.extract_json`). NaN, Infinity and nesting deeper than
+  `jsonio.MAX_JSON_DEPTH` are refused. A reply whose action cannot be read is a format error.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .jsonio import extract_json, loads_strict
 from .tools.knowledge import load_skills
 
 MAX_TOOL_CALLS = 10           # the released runtime's budget; its 11 rounds are these calls + the answer
@@ -66,6 +68,7 @@ class ParsedTurn:
     think: str | None = None
     error: str | None = None          # why the turn is a format error
     notes: list[str] = field(default_factory=list)
+    raw: str | None = None            # the text inside the action's tags, as written
 
 
 def parse_turn(text: str) -> ParsedTurn:
@@ -83,71 +86,40 @@ def parse_turn(text: str) -> ParsedTurn:
     close = re.search(rf"</{tag}>", body[first.end():], re.IGNORECASE)
     payload = body[first.end(): first.end() + close.start()] if close else body[first.end():]
     notes = [f"{len(actions) - 1} extra action(s) after the first ignored"] if len(actions) > 1 else []
+    raw = payload.strip()
     try:
         obj = loads_lenient(payload)
     except ValueError as exc:
         return ParsedTurn("error", think=think, error=f"The JSON inside <{tag}> could not be read: {exc}",
-                          notes=notes)
+                          notes=notes, raw=raw)
     if not isinstance(obj, dict):
-        return ParsedTurn("error", think=think, error=f"<{tag}> must hold a JSON object.", notes=notes)
+        return ParsedTurn("error", think=think, error=f"<{tag}> must hold a JSON object.", notes=notes, raw=raw)
     if tag == "answer":
-        return ParsedTurn("answer", answer=obj, think=think, notes=notes)
+        return ParsedTurn("answer", answer=obj, think=think, notes=notes, raw=raw)
     name = obj.get("name")
     if not isinstance(name, str) or not name:
-        return ParsedTurn("error", think=think, notes=notes,
+        return ParsedTurn("error", think=think, notes=notes, raw=raw,
                           error='<tool_call> JSON needs a "name" string and an "arguments" object.')
     arguments = obj.get("arguments", {})
     if isinstance(arguments, str):      # some servers double-encode the arguments
         try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+            arguments = loads_strict(arguments)
+        except ValueError:
             pass
-    return ParsedTurn("tool_call", tool_name=name, arguments=arguments, think=think, notes=notes)
+    return ParsedTurn("tool_call", tool_name=name, arguments=arguments, think=think, notes=notes, raw=raw)
 
 
 def loads_lenient(payload: str) -> Any:
-    """Parse the JSON of an action, forgiving the slips small models make."""
+    """Parse the JSON of an action: strictly first, then forgiving the slips small models make."""
     text = _FENCE_RE.sub("", payload).strip().strip("`").strip()
     if not text:
         raise ValueError("it is empty")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    start = text.find("{")
-    if start < 0:
-        raise ValueError("no JSON object found")
-    candidate = _balanced_object(text, start)
-    if candidate is None:
-        raise ValueError("the JSON object is not closed")
-    for attempt in (candidate, re.sub(r",\s*([}\]])", r"\1", candidate)):
-        try:
-            return json.loads(attempt, strict=False)
-        except json.JSONDecodeError as exc:
-            error = exc
-    raise ValueError(f"{error.msg} at character {error.pos}")
-
-
-def _balanced_object(text: str, start: int) -> str | None:
-    depth, in_str, escape = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_str:
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1]
-    return None
+        return loads_strict(text)
+    except ValueError as exc:
+        if "nested" in str(exc):
+            raise
+    return extract_json(text)
 
 
 def tool_response(text: str) -> str:
@@ -162,20 +134,35 @@ def format_error(detail: str) -> str:
     return tool_response(FORMAT_ERROR_MESSAGE.replace("{detail}", detail))
 
 
+# Opens the per-request block of the system prompt (a VED decision guide). Everything before it
+# is the same for every request, so a policy's prefix cache (llama.cpp's KV file, a server's
+# prefix cache) covers it; `Policy.encode` also tokenizes the two parts separately, so the cached
+# tokens stay exactly those of the shared part whatever the guide says.
+GUIDE_HEADING = "\n\n# Current-Task Decision Guide\n"
+
+
+def with_guide(system_prompt: str, guide: str | None) -> str:
+    """The system prompt with a per-request guide in the slot after the cacheable prefix."""
+    return f"{system_prompt}{GUIDE_HEADING}{guide.strip()}" if guide and guide.strip() else system_prompt
+
+
+def split_guide(system_prompt: str) -> tuple[str, str]:
+    """(the cacheable prefix, the guide block with its heading, or "")."""
+    at = system_prompt.find(GUIDE_HEADING)
+    return (system_prompt, "") if at < 0 else (system_prompt[:at], system_prompt[at:])
+
+
 def build_system_prompt(tool_schemas: list[dict[str, Any]], *, max_tool_calls: int = MAX_TOOL_CALLS,
-                        max_references: int = MAX_REFERENCES, decision_guide: str | None = None,
-                        inline_skills: bool = False) -> str:
+                        max_references: int = MAX_REFERENCES, inline_skills: bool = False) -> str:
     """The system prompt: role, tools, skills, budgets, id and ordinal rules, answer format.
 
-    `decision_guide` is the privileged experience block that only the VED teacher sees; it sits
-    before the tool definitions, so student and teacher contexts differ in that block alone.
+    It is the same for every request; a per-request decision guide goes after it (`with_guide`).
     `inline_skills` writes each skill's short rules into the prompt instead of its triggers, for
     a policy that cannot afford a tool call per skill: the prompt is prefilled once and cached,
     while every skill loaded at run time costs a turn.
     """
     skills = load_skills()
     tools = "\n".join(json.dumps(s, ensure_ascii=False) for s in tool_schemas)
-    guide = f"\n# Current-Task Decision Guide\n{decision_guide.strip()}\n" if decision_guide else ""
     if inline_skills:
         skill_lines = "\n".join(f"- {s.name}: {s.brief}" for s in skills.values())
         skills_block = f"""# Skills
@@ -224,7 +211,7 @@ same subject."""
     return f"""You are an image-generation agent. You turn a user's request into a program for a \
 reference-conditioned image generator: a precise generation prompt plus up to {max_references} \
 reference images. You cannot see images; you work from search results, image titles and the skills.
-{guide}
+
 # Tools
 Call one tool per turn. Available tools (JSON schema of each):
 {tools}

@@ -14,10 +14,8 @@ import pytest
 from genevolve import protocol
 from genevolve.models import GGUF_MAGIC, model_status
 from genevolve.policies import make_policy
-from genevolve.policies.base import PolicyError, Sampling
-from genevolve.policies.grammar import (ANSWER_ONLY, ANY, IMAGE_SEARCH_ONLY, TOOLS_ONLY, ProtocolGrammar,
-                                       grammar_for_tools,
-                                       found_image_ids, loaded_skills, tighten_schemas, turn_mode)
+from genevolve.policies.base import ANSWER_ONLY, ANY, IMAGE_SEARCH_ONLY, TOOLS_ONLY, PolicyError, Sampling, TurnContext
+from genevolve.policies.grammar import ProtocolGrammar, grammar_for_tools, tighten_schemas
 from genevolve.policies.local import LocalGGUFPolicy
 from genevolve.tools import ImageSearchTool, KnowledgeTool, SearchTool
 from genevolve.tools.base import validate_arguments
@@ -52,19 +50,14 @@ def test_grammar_rejects_schema_it_cannot_express():
         grammar_for_tools([odd])
 
 
-def test_turn_modes_follow_the_protocol():
-    base = [{"role": "system", "content": "s"}, {"role": "user", "content": "draw a cat"}]
-    assert turn_mode(base) == TOOLS_ONLY                # no image_search yet: answering is not allowed
-    searched = base + [{"role": "assistant", "content": '<think>x</think><tool_call>{"name": "image_search", '
-                                                        '"arguments": {"query": "cat"}}</tool_call>'},
-                       {"role": "user", "content": protocol.tool_response("[IMG_001] cat")}]
-    assert turn_mode(searched) == ANY
-    assert turn_mode(base + [{"role": "user", "content": protocol.FINAL_STEP_MESSAGE}]) == ANSWER_ONLY
-    spent = protocol.tool_response(protocol.BUDGET_EXHAUSTED_MESSAGE.format(n=10))
-    assert turn_mode(searched + [{"role": "user", "content": spent}]) == ANSWER_ONLY
+def test_turn_modes_narrow_the_grammar():
     tools_only = grammar_for_tools(SCHEMAS, mode=TOOLS_ONLY)
     assert '"<tool_call>"' in tools_only and "<answer>" not in tools_only.split("root ::=")[1].split("\n")[0]
     assert "prompt-char" in grammar_for_tools(SCHEMAS, mode=ANY)   # gen_prompt cannot hold "_" (IMG ids)
+    grammar = ProtocolGrammar(SCHEMAS)
+    assert grammar.for_turn(TurnContext(mode=ANSWER_ONLY, final=True)) == grammar.build(ANSWER_ONLY)
+    with pytest.raises(ValueError, match="turn mode"):
+        TurnContext(mode="anything")
 
 
 def test_gen_prompt_may_be_bounded_to_whole_sentences():
@@ -77,42 +70,24 @@ def test_gen_prompt_may_be_bounded_to_whole_sentences():
 
 
 def test_loaded_skills_cannot_be_asked_for_again():
-    convo = [{"role": "system", "content": "s"}, {"role": "user", "content": "draw a sign"},
-             {"role": "assistant", "content": '<think>t</think><tool_call>{"name": "query_knowledge", '
-                                              '"arguments": {"skill_name": "text_rendering"}}</tool_call>'},
-             {"role": "user", "content": protocol.tool_response("rules")}]
-    assert loaded_skills(convo) == {"text_rendering"}
     grammar = ProtocolGrammar(SCHEMAS)
-    narrowed = grammar.for_messages(convo)
+    turn = TurnContext(loaded_skills=frozenset({"text_rendering"}))
+    narrowed = grammar.for_turn(turn)
     assert '\\"text_rendering\\"' not in narrowed and '\\"spatial_layout\\"' in narrowed
-    assert grammar.for_messages(convo) is narrowed           # built once per kind of turn
+    assert grammar.for_turn(turn) is narrowed           # built once per kind of turn
     every = grammar_for_tools(SCHEMAS, loaded_skills=frozenset(SKILL_NAMES))
     assert "query_knowledge" not in every and '"image_search' in every.replace('\\"', '"')
 
 
-def test_last_call_of_a_budget_without_image_search_must_be_one():
-    searched = [{"role": "system", "content": "s"}, {"role": "user", "content": "a flag"}]
-    for i in range(2):
-        searched += [{"role": "assistant", "content": '<think>t</think><tool_call>{"name": "search", '
-                                                      f'"arguments": {{"queries": ["q{i}"]}}}}</tool_call>'},
-                     {"role": "user", "content": protocol.tool_response("facts")}]
-    assert turn_mode(searched) == TOOLS_ONLY                     # no budget known: any tool
-    assert turn_mode(searched, max_tool_calls=4) == TOOLS_ONLY
-    assert turn_mode(searched, max_tool_calls=3) == IMAGE_SEARCH_ONLY
-    assert turn_mode(searched, max_tool_calls=2) == ANSWER_ONLY          # the budget is spent
-    grammar = ProtocolGrammar(SCHEMAS, max_tool_calls=3).for_messages(searched)
+def test_image_search_only_turn_offers_nothing_else():
+    grammar = ProtocolGrammar(SCHEMAS).for_turn(TurnContext(mode=IMAGE_SEARCH_ONLY, tool_calls_left=1))
     assert "call-image-search" in grammar and "call-search" not in grammar and "call-query" not in grammar
     assert '"<answer>"' not in grammar.split("\n")[0]
 
 
 def test_answer_may_only_pick_ids_the_searches_returned():
-    convo = [{"role": "system", "content": "s"}, {"role": "user", "content": "a flag"},
-             {"role": "assistant", "content": '<think>t</think><tool_call>{"name": "image_search", '
-                                              '"arguments": {"query": "flag"}}</tool_call>'},
-             {"role": "user", "content": protocol.tool_response(
-                 "--- image search result for [flag] ---\n[IMG_001] Flag of Peru\n[IMG_002] Flag of Chad")}]
-    assert found_image_ids(convo) == ("IMG_001", "IMG_002")
-    rules = dict(line.split(" ::= ", 1) for line in ProtocolGrammar(SCHEMAS).for_messages(convo).splitlines())
+    turn = TurnContext(image_ids=("IMG_001", "IMG_002"))
+    rules = dict(line.split(" ::= ", 1) for line in ProtocolGrammar(SCHEMAS).for_turn(turn).splitlines())
     assert rules["id-img-001"] == '"\\"IMG_001\\""' and rules["id-img-002"] == '"\\"IMG_002\\""'
     # none, one, or two distinct ids in sorted order: IMG_002 can only come alone or second
     assert rules["references"] == ('"[" ws (ref-img-001 (ws "," ws (ref-img-002))? | ref-img-002)? ws "]"')
@@ -211,13 +186,15 @@ def test_final_round_gets_an_answer(policy):
                                          '{"skill_name": "aesthetic_drawing"}}</tool_call>'},
         {"role": "user", "content": protocol.tool_response("Use soft washes and a muted palette.")},
         {"role": "user", "content": protocol.FINAL_STEP_MESSAGE}]
-    reply = policy.chat_blocking(messages, Sampling(temperature=0.0, max_tokens=320, seed=0, logprobs=True))
+    reply = policy.chat_blocking(messages, Sampling(temperature=0.0, max_tokens=320, seed=0, logprobs=True),
+                                 TurnContext(mode=ANSWER_ONLY, final=True))
     answer = _assert_one_protocol_action(reply.text).answer
     # The default budget asks for at most two whole sentences.
     assert re.fullmatch(r"[^.!?]+([.!?]+\S[^.!?]*)*[.!?]+( [^.!?]+([.!?]+\S[^.!?]*)*[.!?]+)?",
                         answer["gen_prompt"]), answer["gen_prompt"]
     assert reply.logprobs and len(reply.logprobs) == reply.completion_tokens
-    assert all(lp <= 0.0 for lp in reply.logprobs)
+    assert len(reply.completion_ids) + len(reply.stop_ids) == reply.completion_tokens
+    assert all(lp <= 0.0 for lp in reply.logprobs) and reply.logprob_source == "model"
 
 
 @pytest.mark.model
@@ -233,10 +210,10 @@ def test_reply_sent_back_is_not_prefilled_again(policy, think_chars):
     policy.set_tools(SCHEMAS)
     try:
         messages = _conversation("A photo of the flag of the country whose capital is Lima.")
-        first = policy.chat_blocking(messages, SAMPLING)
+        first = policy.chat_blocking(messages, SAMPLING, TurnContext(mode=TOOLS_ONLY))
         assert policy._tag_tokens["<tool_call>"] == "<[151657]>"     # Qwen's one-token tag
         assert _assert_one_protocol_action(first.text).kind == "tool_call"
-        sampled = policy._reply_tokens[first.text]
+        sampled = first.completion_ids
         retokenized = [t["id"] for t in policy._post("/tokenize", {"content": first.text, "parse_special": True,
                                                                    "with_pieces": True})["tokens"]]
         if think_chars == 12:
@@ -244,7 +221,9 @@ def test_reply_sent_back_is_not_prefilled_again(policy, think_chars):
             assert sampled != retokenized, "the cut thought came out in canonical tokens; pick a shorter cap"
         observation = protocol.tool_response("--- image search result for [flag of Peru] ---\n[IMG_001] Flag of Peru")
         messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": observation}]
-        second = policy.chat_blocking(messages, SAMPLING)
+        second = policy.chat_blocking(messages, SAMPLING, TurnContext(completions=(sampled,)))
+        assert second.prompt_ids == policy.encode(messages, [sampled])
+        assert second.prompt_ids[:len(first.prompt_ids) + len(sampled)] == first.prompt_ids + sampled
     finally:
         policy.max_think_chars = THINK_CHARS
         policy.set_tools(SCHEMAS)
@@ -252,6 +231,35 @@ def test_reply_sent_back_is_not_prefilled_again(policy, think_chars):
     # Only the observation and the chat template's ten role tokens around it are new.
     assert second.raw["timings"]["prompt_n"] <= new_tokens + 10, (first.text, second.raw["timings"])
     assert second.cached_tokens == first.prompt_tokens + len(sampled)
+
+
+@pytest.mark.model
+@needs_model
+def test_a_trained_on_sequence_is_rebuilt_from_the_record(policy, tools):
+    """A whole agent run with the real model: every turn's prompt ids, rebuilt from the record by
+    the policy's own encode, are the ids llama.cpp was sent, and the turns nest into one sequence
+    whose mask marks exactly the sampled tokens."""
+    import json
+
+    from genevolve.agent import Agent, AgentConfig
+    from genevolve.trajectory import Trajectory
+
+    policy.tool_call_budget = 2
+    agent = Agent(policy, tools, AgentConfig(sampling=Sampling(temperature=0.7, top_p=0.95, max_tokens=200,
+                                                               seed=3, logprobs=True)))
+    traj = asyncio.run(agent.run("The flag of the country whose capital is Lima on a pole"))
+    assert traj.turns and all(t.completion_ids and t.prompt_ids for t in traj.turns), traj.error
+    stored = Trajectory.from_dict(json.loads(json.dumps(traj.to_dict())))
+    for turn in stored.turns:
+        fed, turn.prompt_ids = turn.prompt_ids, None
+        before = stored.messages[:turn.message_index]
+        n_before = sum(1 for m in before if m["role"] == "assistant")
+        assert policy.encode(before, stored.completions()[:n_before]) == fed
+    ids, mask, logprobs = stored.token_sequence(policy.encode)
+    assert ids[:len(traj.turns[-1].prompt_ids)] == traj.turns[-1].prompt_ids
+    assert [t for t, m in zip(ids, mask) if m] == [
+        t for turn in traj.turns for t in turn.completion_ids + (turn.stop_ids or [])]
+    assert len(logprobs) == len(ids)
 
 
 SHORT_SYSTEM = ("You plan images. Reply with <think>reasoning</think> and then either "

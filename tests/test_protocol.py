@@ -65,8 +65,9 @@ def test_system_prompt_mentions_every_tool_skill_and_rule(tools):
         assert name in prompt
     for t in tools:       # the JSON schemas are there verbatim
         assert json.dumps(t.schema(), ensure_ascii=False) in prompt
-    guided = protocol.build_system_prompt([t.schema() for t in tools], decision_guide="- verify the year")
-    assert guided.index("Decision Guide") < guided.index("# Tools")
+    guided = protocol.with_guide(prompt, "- verify the year")
+    assert guided.startswith(prompt) and guided.index("Decision Guide") > guided.index("# Tools")
+    assert protocol.split_guide(guided) == (prompt, protocol.GUIDE_HEADING + "- verify the year")
 
 
 def test_inline_skills_prompt_carries_the_briefs_and_the_small_budget(tools):
@@ -104,7 +105,7 @@ def test_inline_prompt_examples_are_valid_turns(tools):
 def test_ordinals_past_the_list_go_to_the_references_nothing_names():
     text, notes = renumber_ordinals("The rocket is the first reference image. The heart is the fourth reference.", 2)
     assert text == "The rocket is the first reference image. The heart is the second reference."
-    assert notes == ["ordinal_renumbered: 'fourth reference' -> 'second reference'"]
+    assert list(map(str, notes)) == ["ordinal_renumbered: 'fourth reference' -> 'second reference'"]
     text, _ = renumber_ordinals("Put reference image 3 left of the fifth reference image", 2)
     assert text == "Put reference image 1 left of the second reference image" and check_gen_prompt(text, 2) == []
     # left alone when they do not pair up, or when every position is already named somewhere
@@ -116,11 +117,28 @@ def test_ordinals_past_the_list_go_to_the_references_nothing_names():
 def test_ordinals_and_program_checks():
     assert ordinals_in("Put the second reference image left of the first reference image, "
                        "and reference image 3 behind") == [2, 1, 3]
-    assert check_gen_prompt("", 0) == ["empty_gen_prompt"]
+    assert [i.kind for i in check_gen_prompt("", 0)] == ["empty_gen_prompt"]
     issues = check_gen_prompt("Use the third reference image and IMG_004 from https://x.org/a.png", 2)
-    assert any(i.startswith("ordinal_out_of_range") for i in issues)
-    assert any(i.startswith("img_id_in_gen_prompt") for i in issues)
-    assert "url_in_gen_prompt" in issues
+    assert [i.kind for i in issues] == ["ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt"]
     assert check_gen_prompt("The flag from the first reference image", 1) == []
     p = Program("x", [Reference("IMG_001", "n", "/a.png")])
     assert Program.from_dict(p.to_dict()) == p
+
+
+def test_deeply_nested_json_is_a_format_error_not_a_crash():
+    for depth in (40, 100_000):
+        t = protocol.parse_turn("<answer>" + '{"a": ' * depth + "1" + "}" * depth + "</answer>")
+        assert t.kind == "error" and "nested" in t.error
+
+
+def test_nan_and_infinity_are_not_json():
+    t = protocol.parse_turn('<tool_call>{"name": "search", "arguments": {"queries": ["a"], "top_k": NaN}}</tool_call>')
+    assert t.kind == "error"
+    t = protocol.parse_turn('<tool_call>{"name": "search", "arguments": {"top_k": Infinity}}</tool_call>')
+    assert t.kind == "error"
+
+
+def test_lone_surrogate_escapes_come_back_encodable():
+    t = protocol.parse_turn('<tool_call>{"name": "search", "arguments": {"queries": ["a\\ud800b"]}}</tool_call>')
+    assert t.arguments == {"queries": ["a\ufffdb"]}
+    json.dumps(t.arguments, ensure_ascii=False).encode("utf-8")

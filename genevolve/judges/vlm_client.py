@@ -11,25 +11,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
-import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from ..config import setting
-from ..httpretry import HTTPRetryError, LoopLocalClient, request_with_retries
+from ..chat_client import ChatClient, ChatError
+from ..httpretry import RetryPolicy
+from ..jsonio import extract_json  # noqa: F401  (judges read replies with it)
 from .base import JudgeError
-
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
-# Endpoint resolution: flag > GENEVOLVE_JUDGE_* > OPENAI_* > [judge] section of the TOML file.
+# The endpoint (resolved from flags, environment and config by genevolve.settings)
 
 @dataclass
 class Endpoint:
@@ -40,18 +34,13 @@ class Endpoint:
 
 def resolve_endpoint(base_url: str | None = None, model: str | None = None,
                      api_key: str | None = None) -> Endpoint:
-    base_url = (base_url or os.environ.get("GENEVOLVE_JUDGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
-                or setting(None, None, "judge", "base_url"))
     if not base_url:
         raise JudgeError("no judge endpoint: pass --base-url (e.g. http://127.0.0.1:8000/v1) or set "
                          "GENEVOLVE_JUDGE_BASE_URL or OPENAI_BASE_URL")
-    model = model or os.environ.get("GENEVOLVE_JUDGE_MODEL") or setting(None, None, "judge", "model")
     if not model:
         raise JudgeError("no judge model: pass --model (the paper used gemini-3.1-pro-preview) or set "
                          "GENEVOLVE_JUDGE_MODEL")
-    if api_key is None:
-        api_key = os.environ.get("GENEVOLVE_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or ""
-    return Endpoint(base_url=str(base_url).rstrip("/"), model=str(model), api_key=api_key)
+    return Endpoint(base_url=str(base_url).rstrip("/"), model=str(model), api_key=api_key or "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,16 +113,17 @@ class RateLimiter:
 # The client
 
 class VLMClient:
-    def __init__(self, endpoint: Endpoint, *, timeout_s: float = 300.0, max_tokens: int = 8192,
-                 rpm: float | None = None, retries: int = 6, backoff_s: float = 1.0,
+    def __init__(self, endpoint: Endpoint, *, timeout_s: float = 300.0, connect_timeout_s: float = 10.0,
+                 max_tokens: int = 8192, rpm: float | None = None, retries: int = 6, backoff_s: float = 1.0,
                  max_backoff_s: float = 30.0, max_side: int = 4096):
         self.endpoint = endpoint
-        self.timeout_s, self.max_tokens = timeout_s, max_tokens
-        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.max_tokens = max_tokens
         self.max_side = max_side
         self.limiter = RateLimiter(rpm)
-        # httpx clients belong to one event loop; a sync caller may run several loops in turn.
-        self._http = LoopLocalClient(lambda: httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0)))
+        self._chat = ChatClient(endpoint.base_url, endpoint.api_key, label="judge endpoint", timeout_s=timeout_s,
+                                connect_timeout_s=connect_timeout_s, max_connections=64,
+                                retry=RetryPolicy(attempts=retries + 1, backoff_s=backoff_s,
+                                                  max_backoff_s=max_backoff_s))
 
     def image(self, path: str | Path) -> dict[str, Any]:
         return image_part(image_data_url(path, self.max_side))
@@ -142,34 +132,20 @@ class VLMClient:
         """One completion at temperature 0; the reply text. Raises JudgeError on transport failure."""
         body = {"model": self.endpoint.model, "messages": messages, "temperature": 0,
                 "max_tokens": self.max_tokens}
-        headers = {"Authorization": f"Bearer {self.endpoint.api_key}"} if self.endpoint.api_key else {}
-        where = f"judge endpoint {self.endpoint.base_url}"
         await self.limiter.wait()
         try:
-            resp = await request_with_retries(self._http.get(), "POST", f"{self.endpoint.base_url}/chat/completions",
-                                              json=body, headers=headers, retries=self.retries,
-                                              backoff=self.backoff_s, max_backoff=self.max_backoff_s)
-        except HTTPRetryError as exc:
-            raise JudgeError(f"{where} failed: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise JudgeError(f"{where} failed: {type(exc).__name__}: {exc}") from None
-        if resp.status_code >= 400:
-            raise JudgeError(f"{where} answered HTTP {resp.status_code}: {resp.text[:300]}")
-        if len(resp.content) > MAX_RESPONSE_BYTES:
-            raise JudgeError(f"{where} sent a {len(resp.content)}-byte reply")
-        try:
-            data = resp.json()
-            content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise JudgeError(f"{where} sent no choices[0].message.content: {resp.text[:200]}") from None
+            data = await self._chat.chat(body)
+        except ChatError as exc:
+            raise JudgeError(str(exc)) from None
+        content = data["choices"][0]["message"].get("content")
         if isinstance(content, list):      # some servers return content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if not isinstance(content, str) or not content.strip():
-            raise JudgeError(f"{where} sent an empty reply")
+            raise JudgeError(f"{self._chat.label} sent an empty reply")
         return content
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._chat.aclose()
 
 
 class EndpointJudge:
@@ -178,126 +154,16 @@ class EndpointJudge:
 
     def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
                  *, rpm: float | None = None, max_attempts: int = 4, max_side: int = 4096,
-                 timeout_s: float = 300.0, retries: int = 6, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0):
+                 timeout_s: float = 300.0, connect_timeout_s: float = 10.0, retries: int = 6,
+                 backoff_s: float = 1.0, max_backoff_s: float = 30.0):
         self.endpoint: Endpoint = resolve_endpoint(base_url, model, api_key)
-        self.client = VLMClient(self.endpoint, timeout_s=timeout_s, rpm=rpm, retries=retries,
-                                backoff_s=backoff_s, max_backoff_s=max_backoff_s, max_side=max_side)
+        self.client = VLMClient(self.endpoint, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, rpm=rpm,
+                                retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                                max_side=max_side)
         self.max_attempts = max_attempts
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading JSON out of a model's reply
-
-_FENCE_RE = re.compile(r"```(?:json|JSON|javascript|js)?\s*\n?(.*?)```", re.DOTALL)
-_BARE_WORDS = {"True": "true", "False": "false", "None": "null"}
-
-
-def extract_json(text: str) -> dict[str, Any]:
-    """The first JSON object in a model reply, forgiving the usual slips.
-
-    Accepts a code fence or prose around the object, trailing commas, single-quoted strings,
-    unquoted keys and Python's True/False/None. Raises ValueError when no object can be read (a truncated reply,
-    for instance): the caller retries rather than guessing.
-    """
-    candidates = [m.group(1) for m in _FENCE_RE.finditer(text)] + [text]
-    for chunk in candidates:
-        for start in (i for i, c in enumerate(chunk) if c == "{"):
-            obj_text = _balanced_object(chunk, start)
-            if obj_text is None:
-                continue                   # never closes (a truncated reply); try later braces
-            try:
-                obj = json.loads(_repair(obj_text))
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                return obj
-    raise ValueError(f"no JSON object in the reply: {_clip(text)}")
-
-
-def _balanced_object(text: str, start: int) -> str | None:
-    """text[start:end] where the '{' at `start` closes, skipping braces inside strings."""
-    depth, quote, i = 0, None, start
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == "\\":
-                i += 1
-            elif c == quote:
-                quote = None
-        elif c in "\"'":
-            # an apostrophe inside a bare word ("don't") is not a string start
-            if c == "'" and i > 0 and text[i - 1].isalnum():
-                pass
-            else:
-                quote = c
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1]
-        i += 1
-    return None
-
-
-def _repair(obj: str) -> str:
-    """Rewrite single quotes to double quotes, Python literals to JSON, quote bare keys, and drop
-    trailing commas."""
-    out: list[str] = []
-    quote, i = None, 0
-    while i < len(obj):
-        c = obj[i]
-        if quote:
-            if c == "\\" and i + 1 < len(obj):
-                nxt = obj[i + 1]
-                out.append("'" if (quote == "'" and nxt == "'") else c + nxt)
-                i += 2
-                continue
-            if c == quote:
-                out.append('"')
-                quote = None
-            elif c == '"':                 # a double quote inside a single-quoted string
-                out.append('\\"')
-            elif c == "\n":
-                out.append("\\n")
-            else:
-                out.append(c)
-        elif c in "\"'":
-            quote = c
-            out.append('"')
-        elif c in "}]":
-            while out and out[-1].isspace():
-                out.pop()
-            if out and out[-1] == ",":
-                out.pop()
-            out.append(c)
-        elif c.isalpha():
-            j = i
-            while j < len(obj) and (obj[j].isalnum() or obj[j] == "_"):
-                j += 1
-            word = obj[i:j]
-            k = j
-            while k < len(obj) and obj[k].isspace():
-                k += 1
-            if k < len(obj) and obj[k] == ":":      # an unquoted key
-                out.append(f'"{word}"')
-            else:
-                out.append(_BARE_WORDS.get(word, word))
-            i = j
-            continue
-        else:
-            out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def _clip(text: str, n: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[:n] + "…"
 
 
 async def ask_until_valid(client: VLMClient, messages: list[dict[str, Any]], parse: Any,

@@ -7,19 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..agent import Agent
-from ..trajectory import ERROR
+from ..trajectory import ERROR, result_row
 from .batch import InputProblem, ResultStore, Row, request_text, run_items
-
-
-def result_row(row: Row, request: str, trajectory_result: dict[str, Any]) -> dict[str, Any]:
-    """Input fields pass through; upstream fields (id, prompt, gen_prompt, …) are added on top."""
-    return {**row.data, "id": row.id, "prompt": request, **trajectory_result}
-
-
-def error_row(row: Row, message: str) -> dict[str, Any]:
-    return {**row.data, "id": row.id, "prompt": row.data.get("prompt") or row.data.get("question"),
-            "gen_prompt": "", "reference_images": [], "messages": [], "termination": ERROR,
-            "rounds": 0, "error": message}
 
 
 def is_failed(record: dict[str, Any]) -> bool:
@@ -35,20 +24,21 @@ async def run_agent_batch(agent: Agent, rows: list[Row], problems: list[InputPro
     try:
         for p in problems:       # rows that cannot run still get a record that says why
             if not store.done(p.id):
-                store.add({"id": p.id, "prompt": None, "gen_prompt": "", "reference_images": [],
-                           "messages": [], "termination": ERROR, "rounds": 0, "error": p.message})
+                store.add(result_row(p.id, None, error=p.message))
 
         async def work(row: Row) -> dict[str, Any]:
             try:
                 request = request_text(row)
             except ValueError as exc:
-                return error_row(row, str(exc))
-            traj = await agent.run(request)
-            return result_row(row, request, traj.to_result())
+                return result_row(row.id, None, data=row.data, error=str(exc))
+            traj = await agent.run(request, guide=row.data.get("guide") if isinstance(row.data.get("guide"), str)
+                                   else None)
+            return result_row(row.id, request, traj, data=row.data)
 
         t0 = time.perf_counter()
         counts = await run_items(rows, work, store, parallel=parallel, desc="agent",
-                                 on_error=lambda row, exc: error_row(row, f"{type(exc).__name__}: {exc}"),
+                                 on_error=lambda row, exc: result_row(row.id, None, data=row.data,
+                                                                      error=f"{type(exc).__name__}: {exc}"),
                                  progress=progress)
         counts["seconds"] = round(time.perf_counter() - t0, 3)
         counts["problems"] = len(problems)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..generators import load_class
-from .base import Policy, PolicyError, PolicyReply, Sampling
+from ..registry import load_class
+from .base import Policy, PolicyError, PolicyReply, Sampling, TurnContext
 
 POLICIES = {
     "openai": "genevolve.policies.openai_compat:OpenAICompatPolicy",
     "local": "genevolve.policies.local:LocalGGUFPolicy",
     "scripted": "genevolve.policies.scripted:ScriptedPolicy",
+    "hf": "genevolve.policies.hf:HFPolicy",            # a transformers checkpoint, in this process
+    "expert": "genevolve.policies.expert:ExpertPolicy",  # the data pipeline's scripted teacher
 }
 
 
@@ -20,4 +22,4 @@ def make_policy(name: str, **options: Any) -> Policy:
     return load_class(POLICIES[name])(**options)
 
 
-__all__ = ["Policy", "PolicyError", "PolicyReply", "Sampling", "POLICIES", "make_policy"]
+__all__ = ["Policy", "PolicyError", "PolicyReply", "Sampling", "TurnContext", "POLICIES", "make_policy"]

@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from .base import ANSWER_ONLY, ANY, IMAGE_SEARCH_ONLY, TOOLS_ONLY, TURN_MODES, TurnContext
+
 MAX_THINK_CHARS = 400          # a 1.5B model left unbounded can think until the context is full
 MAX_STRING_CHARS = 300         # default cap for a JSON string the schema does not bound
 MAX_GEN_PROMPT_CHARS = 2000
@@ -131,9 +133,6 @@ class _GrammarBuilder:
 # The protocol's tags; a model may have some of them as single special tokens (see grammar_for_tools).
 PROTOCOL_TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<answer>", "</answer>")
 
-# Which actions a turn may take; see `turn_mode`.
-ANY, TOOLS_ONLY, ANSWER_ONLY, IMAGE_SEARCH_ONLY = "any", "tools_only", "answer_only", "image_search_only"
-TURN_MODES = (ANY, TOOLS_ONLY, ANSWER_ONLY, IMAGE_SEARCH_ONLY)
 SKILL_TOOL, SKILL_ARGUMENT = "query_knowledge", "skill_name"
 
 
@@ -248,10 +247,8 @@ def tighten_schemas(tool_schemas: list[dict[str, Any]], *, max_items: int | None
 class ProtocolGrammar:
     """The grammars for one tool set, one per kind of turn, built on first use and kept."""
 
-    def __init__(self, tool_schemas: list[dict[str, Any]], *, max_tool_calls: int | None = None,
-                 **options: Any):
+    def __init__(self, tool_schemas: list[dict[str, Any]], **options: Any):
         self.tool_schemas = list(tool_schemas)
-        self.max_tool_calls = max_tool_calls
         self.options = options
         self._built: dict[tuple[str, frozenset[str], tuple[str, ...]], str] = {}
 
@@ -265,11 +262,9 @@ class ProtocolGrammar:
                                                  image_ids=key[2], **self.options)
         return self._built[key]
 
-    def for_messages(self, messages: list[dict[str, Any]]) -> str:
-        """The grammar of the next turn of this conversation."""
-        calls = _calls(messages)
-        return self.build(_mode(messages, calls, self.max_tool_calls), _loaded_skills(calls),
-                          found_image_ids(messages))
+    def for_turn(self, turn: TurnContext) -> str:
+        """The grammar of a turn the agent has described."""
+        return self.build(turn.mode, turn.loaded_skills, turn.image_ids)
 
 
 def protocol_tool_schemas() -> list[dict[str, Any]]:
@@ -277,60 +272,3 @@ def protocol_tool_schemas() -> list[dict[str, Any]]:
     from ..tools import ImageSearchTool, KnowledgeTool, SearchTool
     return [{"name": c.name, "description": c.description, "parameters": c.parameters}
             for c in (SearchTool, ImageSearchTool, KnowledgeTool)]
-
-
-def turn_mode(messages: list[dict[str, Any]], max_tool_calls: int | None = None) -> str:
-    """Which actions the protocol allows in the next turn.
-
-    ANSWER_ONLY once the runtime has forbidden tools (the final round, or the tool budget is
-    spent) or `max_tool_calls` calls were made; TOOLS_ONLY until `image_search` has been
-    called, because the protocol asks for at least one image search before answering, and
-    IMAGE_SEARCH_ONLY when only one call of `max_tool_calls` is left and none was an image
-    search; ANY otherwise.
-    """
-    return _mode(messages, _calls(messages), max_tool_calls)
-
-
-def _mode(messages: list[dict[str, Any]], calls: list[tuple[str, Any]], max_tool_calls: int | None) -> str:
-    from .. import protocol
-    last = messages[-1] if messages else {}
-    content = last.get("content") if last.get("role") == "user" else None
-    if isinstance(content, str):
-        budget_note = protocol.BUDGET_EXHAUSTED_MESSAGE.split("{n}")[0]
-        if content.strip() == protocol.FINAL_STEP_MESSAGE or budget_note in content:
-            return ANSWER_ONLY
-    names = [name for name, _ in calls]
-    if max_tool_calls and len(names) >= max_tool_calls:
-        return ANSWER_ONLY
-    if "image_search" in names:
-        return ANY
-    return IMAGE_SEARCH_ONLY if max_tool_calls and len(names) >= max_tool_calls - 1 else TOOLS_ONLY
-
-
-def loaded_skills(messages: list[dict[str, Any]]) -> frozenset[str]:
-    """The skills this conversation has already loaded with query_knowledge."""
-    return _loaded_skills(_calls(messages))
-
-
-def _loaded_skills(calls: list[tuple[str, Any]]) -> frozenset[str]:
-    return frozenset(args.get(SKILL_ARGUMENT) for name, args in calls
-                     if name == SKILL_TOOL and isinstance(args, dict) and isinstance(args.get(SKILL_ARGUMENT), str))
-
-
-def found_image_ids(messages: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The image ids the tool results of this conversation announced ("[IMG_003] title"), sorted."""
-    from ..tools.search import FOUND_IMAGE_RE
-    found = {m for msg in messages if msg.get("role") in ("user", "tool") and isinstance(msg.get("content"), str)
-             for m in FOUND_IMAGE_RE.findall(msg["content"])}
-    return tuple(sorted(found))
-
-
-def _calls(messages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    from .. import protocol
-    calls = []
-    for m in messages:
-        if m.get("role") == "assistant":
-            parsed = protocol.parse_turn(m.get("content") or "")
-            if parsed.kind == "tool_call":
-                calls.append((parsed.tool_name, parsed.arguments))
-    return calls

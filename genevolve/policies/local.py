@@ -10,8 +10,9 @@ Three things make a 1.5B model on two CPU cores usable as the agent's policy:
   minute of prefill here) is evaluated once, kept in the KV cache across rounds and requests, and
   saved to disk with llama.cpp's slot save/restore under `cache_dir()/kv/`, keyed by model, exact
   system prompt and context size, so a new process restores it instead of prefilling it again.
-  Each reply goes back into the next turn's prompt as the tokens that were sampled (llama.cpp's
-  /completion takes text and token ids mixed), so the cache also covers every earlier turn.
+  The policy sends llama.cpp token ids it built itself (`encode`): each earlier reply goes back as
+  the tokens that were sampled, so the cache also covers every earlier turn, and the ids the model
+  read are exactly those a trainer rebuilds from the record.
 - **One model, serialized calls.** `chat()` runs the blocking call in a worker thread behind a
   lock, so the event loop stays free for tool calls of other requests.
 """
@@ -25,14 +26,17 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..config import cache_dir
-from .base import Policy, PolicyError, PolicyReply, Sampling
+from .. import protocol
+from ..config import parse_bool
+from .base import (LOGPROBS_MODEL, Policy, PolicyError, PolicyReply, Sampling, TurnContext, require_tokens,
+                   splice_points)
 from .grammar import PROTOCOL_TAGS, ProtocolGrammar, protocol_tool_schemas, tighten_schemas
 
 KV_FILES_KEPT = 16             # saved system-prompt prefixes kept on disk (about 30-60 MB each)
-REPLIES_KEPT = 256             # recent replies whose sampled tokens are kept to send them back exactly
+TOKENIZED_KEPT = 64            # long text segments (system prompts) whose token ids are kept
 
 
 # =========================================================================== policy
@@ -65,8 +69,8 @@ class LocalGGUFPolicy(Policy):
         self.model_path = model_path
         self.n_ctx = int(n_ctx)
         self.n_threads = int(n_threads) if n_threads else (os.cpu_count() or 1)
-        self.constrained = _as_bool(constrained)
-        self.prefix_cache = _as_bool(prefix_cache)
+        self.constrained = parse_bool(constrained, "constrained")
+        self.prefix_cache = parse_bool(prefix_cache, "prefix_cache")
         self.kv_dir = Path(kv_dir) if kv_dir else None
         self.tool_call_budget = budget["tool_call_budget"]
         self.observation_chars = budget["observation_chars"]
@@ -75,7 +79,7 @@ class LocalGGUFPolicy(Policy):
         self.max_gen_prompt_sentences = budget["max_gen_prompt_sentences"]
         self.max_note_chars = budget["max_note_chars"]
         self.max_queries, self.max_results = budget["max_queries"], budget["max_results"]
-        self.verbose = _as_bool(verbose)
+        self.verbose = parse_bool(verbose, "verbose")
         self.stats: dict[str, Any] = {}
         self._tag_tokens: dict[str, str] = {}     # known once the model is loaded
         self.set_tools(tool_schemas if tool_schemas is not None else protocol_tool_schemas())
@@ -85,8 +89,7 @@ class LocalGGUFPolicy(Policy):
         self._api_key = secrets.token_hex(16)
         self._model_id = ""
         self._resident_prefix: str | None = None      # key of the prefix now at the slot's start
-        self._prefix_keys: dict[str, tuple[str, str]] = {}   # system prompt -> (key, template text)
-        self._reply_tokens: dict[str, list[int]] = {}        # reply text -> the tokens sampled for it
+        self._tokenized: dict[str, list[int]] = {}         # long segment text -> its token ids
 
     # -- configuration ----------------------------------------------------------------------
     def set_tools(self, schemas: list[dict[str, Any]], max_tool_calls: int | None = None
@@ -94,13 +97,12 @@ class LocalGGUFPolicy(Policy):
         """Constrain tool calls to these tools, with argument lists and result counts capped to
         what this policy can afford; returns the capped schemas for the system prompt."""
         schemas = tighten_schemas(schemas, max_items=self.max_queries, max_integer=self.max_results)
-        self._tool_schemas, self._max_tool_calls = schemas, max_tool_calls or self.tool_call_budget
+        self._tool_schemas = schemas
         self._build_grammar()
         return schemas
 
     def _build_grammar(self) -> None:
-        self.grammar = ProtocolGrammar(self._tool_schemas, max_tool_calls=self._max_tool_calls,
-                                       max_think_chars=self.max_think_chars,
+        self.grammar = ProtocolGrammar(self._tool_schemas, max_think_chars=self.max_think_chars,
                                        max_gen_prompt_chars=self.max_gen_prompt_chars,
                                        max_gen_prompt_sentences=self.max_gen_prompt_sentences,
                                        max_note_chars=self.max_note_chars, tag_tokens=self._tag_tokens)
@@ -171,7 +173,7 @@ class LocalGGUFPolicy(Policy):
         way the model was trained to write them, and the opening `<think>`, which starts every
         reply so nothing merges into it, as its own tokens. A tag spelled as text could be sampled
         in pieces ('<', 'tool', '_call', '>'); a reply re-tokenized from its text (one this
-        process did not sample, see `_prompt_for`) would then no longer match the KV cache there.
+        process did not sample, see `_segments`) would then no longer match the KV cache there.
         """
         def tokenize(text: str) -> list[dict[str, Any]]:
             return self._post("/tokenize", {"content": text, "add_special": False, "parse_special": True,
@@ -185,29 +187,40 @@ class LocalGGUFPolicy(Policy):
 
     async def warm(self, system_prompt: str) -> None:
         """Load the model and put this system prompt's prefix in the KV cache (from disk if saved)."""
-        def prepare() -> None:
-            with self._lock:
-                self._load_locked()
-                if self.prefix_cache:
-                    self._ensure_prefix(system_prompt)
-        await asyncio.to_thread(prepare)
+        await asyncio.to_thread(self.prefill, system_prompt)
 
-    # -- chat -------------------------------------------------------------------------------
-    async def chat(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply:
-        return await asyncio.to_thread(self.chat_blocking, messages, sampling)
-
-    def chat_blocking(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply:
-        if not messages:
-            raise PolicyError("local policy: no messages to continue")
+    def prefill(self, system_prompt: str) -> None:
+        """Blocking `warm`: load the model and make sure the prefix is cached (on disk too)."""
         with self._lock:
             self._load_locked()
-            if self.prefix_cache and messages[0].get("role") == "system":
-                self._ensure_prefix(str(messages[0].get("content") or ""))
+            if self.prefix_cache:
+                segments, prefix_end = self._segments([{"role": "system", "content": system_prompt},
+                                                       {"role": "user", "content": "."}])
+                self._ensure_prefix([t for seg in segments[:prefix_end] for t in seg])
+
+    # -- chat -------------------------------------------------------------------------------
+    async def chat(self, messages: list[dict[str, Any]], sampling: Sampling,
+                   turn: TurnContext | None = None) -> PolicyReply:
+        return await asyncio.to_thread(self.chat_blocking, messages, sampling, turn)
+
+    def chat_blocking(self, messages: list[dict[str, Any]], sampling: Sampling,
+                      turn: TurnContext | None = None) -> PolicyReply:
+        if not messages:
+            raise PolicyError("local policy: no messages to continue")
+        turn = turn or TurnContext()
+        with self._lock:
+            self._load_locked()
+            segments, prefix_end = self._segments(messages, turn.completions)
+            prompt_ids = [t for seg in segments for t in seg]
+            if self.prefix_cache and prefix_end:
+                self._ensure_prefix([t for seg in segments[:prefix_end] for t in seg])
             else:
                 self._resident_prefix = None       # this request overwrites the slot's start
             body: dict[str, Any] = {
-                "prompt": self._prompt_for(messages), "n_predict": sampling.max_tokens,
+                "prompt": prompt_ids, "n_predict": sampling.max_tokens,
                 "temperature": sampling.temperature, "top_p": sampling.top_p,
+                # llama.cpp cuts to 40 candidates unless told otherwise; None means no cut here.
+                "top_k": sampling.top_k if sampling.top_k and sampling.top_k > 0 else 0,
                 "cache_prompt": True, "return_tokens": True,
             }
             if sampling.seed is not None:
@@ -215,60 +228,82 @@ class LocalGGUFPolicy(Policy):
             if sampling.stop:
                 body["stop"] = list(sampling.stop)
             if sampling.logprobs:
-                body["n_probs"] = 1
+                body["n_probs"] = 1          # llama.cpp reports each sampled token's raw-model log-prob
             if self.constrained:
-                body["grammar"] = self.grammar.for_messages(messages)
+                body["grammar"] = self.grammar.for_turn(turn)
             result = self._post("/completion", body, timeout=None)
-            reply = _reply_from(result)
-            self._remember_reply(reply.text, result.get("tokens") or [], ended=result.get("stop_type") == "eos")
-        return reply
+        reply = _reply_from(result)
+        reply.prompt_ids = prompt_ids
+        return require_tokens(reply, sampling, "local policy")
 
-    # -- sending replies back token for token --------------------------------------------
-    def _prompt_for(self, messages: list[dict[str, Any]]) -> list[str | int]:
-        """The chat-template prompt, with each earlier reply of ours spliced in as the exact tokens
-        that were sampled.
+    # -- token ids --------------------------------------------------------------------------
+    def encode(self, messages: list[dict[str, Any]], completions: Sequence[list[int] | None] = ()) -> list[int]:
+        """The ids `chat` sends for this conversation (see `_segments`)."""
+        with self._lock:
+            self._load_locked()
+            segments, _ = self._segments(messages, completions)
+        return [t for seg in segments for t in seg]
 
-        llama.cpp reuses its KV cache up to the first token where the new prompt differs from what
-        it computed. Re-tokenizing a reply's text does not always give back the sampled tokens:
-        when the grammar cuts thinking at its length cap the model spells `</think>` as '<', '/',
-        'th', 'ink' where the tokenizer writes '</', 'think', so everything after it would be
-        prefilled again next turn (~30 tokens, 2-4 s here). A mixed list of text and token ids
-        keeps the conversation exactly as the cache holds it.
+    def _segments(self, messages: list[dict[str, Any]], completions: Sequence[list[int] | None] = ()
+                  ) -> tuple[list[list[int]], int]:
+        """The chat-template prompt as token-id segments, and how many segments the cacheable
+        system-prompt prefix spans (0 when the conversation has no system message).
+
+        The template text is cut at every message's content, and each piece is tokenized on its
+        own: template markup, each message, and the system prompt's shared part apart from its
+        per-request guide (`protocol.split_guide`). An assistant message whose sampled ids are
+        known goes in as those ids: re-tokenizing a reply's text does not always give them back
+        (when the grammar cuts thinking at its cap the model spells `</think>` as '<', '/', 'th',
+        'ink' where the tokenizer writes '</', 'think'), and llama.cpp reuses its KV cache only up
+        to the first token that differs. Cutting at the same places every time makes the prefix
+        tokens identical across requests, so its cache always matches.
         """
         rendered = str(self._post("/apply-template", {"messages": messages})["prompt"])
-        prompt: list[str | int] = []
+        spliced = splice_points(messages, completions)
+        pieces: list[str | list[int]] = []
+        prefix_end = 0
         pos = 0
-        for message in messages:
+        for i, message in enumerate(messages):
             content = message.get("content")
-            tokens = self._reply_tokens.get(content) if message.get("role") == "assistant" \
-                and isinstance(content, str) else None
-            at = rendered.find(content, pos) if tokens else -1
-            if at < 0:
+            if not isinstance(content, str) or not content:
                 continue
+            at = rendered.find(content, pos)
+            if at < 0:
+                continue          # the template rewrote this message: it stays inside the markup text
             if at > pos:
-                prompt.append(rendered[pos:at])
-            prompt.extend(tokens)
+                pieces.append(rendered[pos:at])
+            if i in spliced:
+                pieces.append(spliced[i])
+            elif i == 0 and message.get("role") == "system":
+                shared, guide = protocol.split_guide(content)
+                pieces.append(shared)
+                prefix_end = len(pieces)
+                if guide:
+                    pieces.append(guide)
+            else:
+                pieces.append(content)
             pos = at + len(content)
         if pos < len(rendered):
-            prompt.append(rendered[pos:])
-        return prompt
+            pieces.append(rendered[pos:])
+        return [p if isinstance(p, list) else self._tokenize(p) for p in pieces], prefix_end
 
-    def _remember_reply(self, text: str, tokens: list[int], ended: bool) -> None:
-        if ended and tokens:
-            tokens = tokens[:-1]                   # the end-of-turn token; the template writes its own
-        if text and tokens:
-            self._reply_tokens[text] = [int(t) for t in tokens]
-            while len(self._reply_tokens) > REPLIES_KEPT:
-                self._reply_tokens.pop(next(iter(self._reply_tokens)))
+    def _tokenize(self, text: str) -> list[int]:
+        if text in self._tokenized:
+            return self._tokenized[text]
+        # Special tokens are parsed in every piece, as llama.cpp does for a text prompt, so the
+        # template's markers and the protocol's one-token tags keep their ids.
+        ids = [int(t) for t in self._post("/tokenize", {"content": text, "add_special": False,
+                                                         "parse_special": True})["tokens"]]
+        if len(text) > 200:           # the system prompt comes back every turn; short pieces are cheap
+            self._tokenized[text] = ids
+            while len(self._tokenized) > TOKENIZED_KEPT:
+                self._tokenized.pop(next(iter(self._tokenized)))
+        return ids
 
     # -- the system-prompt prefix -----------------------------------------------------------
-    def _ensure_prefix(self, system_prompt: str) -> None:
-        """Make the slot's KV cache start with this system prompt: restore from disk, or prefill once."""
-        if system_prompt not in self._prefix_keys:
-            prefix = self._template_prefix(system_prompt)
-            key = hashlib.sha256(f"{self._model_id}\n{self.n_ctx}\n{prefix}".encode()).hexdigest()[:40]
-            self._prefix_keys = {**dict(list(self._prefix_keys.items())[-7:]), system_prompt: (key, prefix)}
-        key, prefix = self._prefix_keys[system_prompt]
+    def _ensure_prefix(self, prefix_ids: list[int]) -> None:
+        """Make the slot's KV cache start with these ids: restore from disk, or prefill once."""
+        key = hashlib.sha256(f"{self._model_id}\n{self.n_ctx}\n{prefix_ids}".encode()).hexdigest()[:40]
         if key == self._resident_prefix:
             return                     # already at the slot's start; llama.cpp reuses it by itself
         file = self.kv_dir / f"prefix-{key}.bin"
@@ -283,8 +318,7 @@ class LocalGGUFPolicy(Policy):
                 return
             except PolicyError:
                 file.unlink(missing_ok=True)          # stale or corrupt: rebuild it below
-        # Through the same /completion route as every turn, so that both tokenize alike.
-        timings = self._post("/completion", {"prompt": prefix, "n_predict": 1, "temperature": 0.0,
+        timings = self._post("/completion", {"prompt": prefix_ids, "n_predict": 1, "temperature": 0.0,
                                              "cache_prompt": True}, timeout=None).get("timings") or {}
         tmp_name = f"tmp-{key}-{os.getpid()}.bin"
         try:
@@ -296,17 +330,6 @@ class LocalGGUFPolicy(Policy):
         self._resident_prefix = key
         self.stats.update(prefix_source="prefill", prefix_tokens=timings.get("prompt_n"),
                           prefix_s=round(time.perf_counter() - started, 3))
-
-    def _template_prefix(self, system_prompt: str) -> str:
-        """The chat-template text every conversation with this system prompt starts with.
-
-        Rendering two conversations that differ only in the user text and keeping their common
-        beginning works for any chat template, without knowing its markers.
-        """
-        rendered = [self._post("/apply-template", {"messages": [
-            {"role": "system", "content": system_prompt}, {"role": "user", "content": user}]})["prompt"]
-            for user in ("A", "B")]
-        return os.path.commonprefix(rendered)
 
     def _slot_action(self, action: str, filename: str) -> dict[str, Any]:
         return self._post(f"/slots/0?action={action}", {"filename": filename})
@@ -338,13 +361,6 @@ class LocalGGUFPolicy(Policy):
         await asyncio.to_thread(self.close)
 
 
-def _as_bool(value: Any) -> bool:
-    """Options may arrive as strings from flags, env or TOML ("false", "0", "no")."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "0", "false", "no", "off")
-    return bool(value)
-
-
 def _error_text(result: Any) -> str:
     if isinstance(result, dict) and isinstance(result.get("error"), dict):
         return str(result["error"].get("message") or result["error"])
@@ -354,13 +370,25 @@ def _error_text(result: Any) -> str:
 def _reply_from(result: dict[str, Any]) -> PolicyReply:
     """A reply from llama.cpp's native /completion answer."""
     timings = result.get("timings") or {}
-    logprobs = [float(t["logprob"]) for t in result.get("completion_probabilities") or [] if "logprob" in t]
+    tokens = [int(t) for t in result.get("tokens") or []]
+    n_sampled = len(tokens)
+    stop_type = result.get("stop_type")
+    stop_ids = None
+    if stop_type == "eos" and tokens:
+        # The end-of-turn token is the reply's last; the chat template writes it back after the
+        # content, so it is kept apart from the content's ids.
+        tokens, stop_ids = tokens[:-1], tokens[-1:]
+    probs = result.get("completion_probabilities") or []
+    logprobs = [float(t["logprob"]) for t in probs if "logprob" in t][:n_sampled] or None
     return PolicyReply(
         text=str(result.get("content") or ""),
+        completion_ids=tokens or None,
+        stop_ids=stop_ids,
+        logprobs=logprobs,
+        logprob_source=LOGPROBS_MODEL if logprobs else None,
         prompt_tokens=result.get("tokens_evaluated"),
         cached_tokens=timings.get("cache_n"),
         completion_tokens=result.get("tokens_predicted"),
-        finish_reason="length" if result.get("stop_type") == "limit" else "stop",
-        logprobs=logprobs or None,
-        raw={"timings": timings, "model": result.get("model")},
+        finish_reason="length" if stop_type == "limit" else "stop",
+        raw={"timings": timings, "model": result.get("model"), "stop_type": stop_type},
     )

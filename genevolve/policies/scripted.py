@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .base import Policy, PolicyError, PolicyReply, Sampling
+from .base import Policy, PolicyError, PolicyReply, Sampling, TurnContext
 
 Turn = str | Callable[[list[dict[str, Any]]], str]
 
@@ -34,7 +34,8 @@ class ScriptedPolicy(Policy):
         self.turns = list(turns)
         self.delay_s = delay_s
 
-    async def chat(self, messages: list[dict[str, Any]], sampling: Sampling) -> PolicyReply:
+    async def chat(self, messages: list[dict[str, Any]], sampling: Sampling,
+                   turn: TurnContext | None = None) -> PolicyReply:
         # The position in the script is the number of assistant turns already in this conversation.
         index = sum(1 for m in messages if m["role"] == "assistant")
         if index >= len(self.turns):

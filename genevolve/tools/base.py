@@ -75,6 +75,11 @@ class ToolContext:
     images: ImageRegistry = field(default_factory=ImageRegistry)
     # How much text one observation may hold; tools that return lists trim each item to fit.
     observation_chars: int = 12_000
+    # How observations are laid out: "default" (ours) or "released" (the released runtime's, which
+    # its checkpoint was trained to read: every image with its local path, end-of-result markers).
+    layout: str = "default"
+    # Skill texts that replace ours (the released runtime's own, read from the user's copy).
+    skill_texts: dict[str, str] = field(default_factory=dict)
 
 
 class Tool(ABC):

@@ -86,6 +86,8 @@ class KnowledgeTool(Tool):
     }
 
     async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        if ctx.layout == "released":
+            return self._released(arguments, ctx)
         args = validate_arguments(self.parameters, arguments)
         skill = load_skills()[args["skill_name"]]
         header = f"## Skill Guidance\n\n=== Skill: {skill.name} ===\n"
@@ -93,3 +95,14 @@ class KnowledgeTool(Tool):
         if len(text) > ctx.observation_chars:
             text = header + skill.brief
         return ToolResult(text=text, data={"skill": skill.name})
+
+    def _released(self, arguments: Any, ctx: ToolContext) -> ToolResult:
+        """As the released runtime answers: the skill's whole text (its own, when the user's copy
+        gave them), and an unknown name is an observation rather than an error."""
+        name = arguments.get("skill_name") if isinstance(arguments, dict) else None
+        name = name.strip() if isinstance(name, str) else ""
+        if name not in SKILL_NAMES:
+            return ToolResult(text=f"Unknown skill '{name}'. Available skills: {', '.join(SKILL_NAMES)}",
+                              data={"skill": None})
+        text = ctx.skill_texts.get(name) or load_skills()[name].body
+        return ToolResult(text=f"## Skill Guidance\n\n=== Skill: {name} ===\n{text}", data={"skill": name})

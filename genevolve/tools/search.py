@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from .base import (ImageSearchBackend, SearchBackend, Tool, ToolContext, ToolResult, hit_dicts,
@@ -37,6 +36,8 @@ class SearchTool(Tool):
         queries = [q.strip() for q in args["queries"]]
         results = await asyncio.gather(*(self.backend.search(q, args["top_k"]) for q in queries),
                                        return_exceptions=True)
+        if ctx.layout == "released":
+            return self._released(queries, results, args["top_k"])
         # A small observation budget shows fewer hits rather than snippets too short to use.
         fit = max(1, ctx.observation_chars // (len(queries) * (HIT_OVERHEAD_CHARS + MIN_SNIPPET_CHARS)))
         results = [h[:fit] if isinstance(h, list) else h for h in results]
@@ -62,6 +63,28 @@ class SearchTool(Tool):
         return ToolResult(text="\n\n".join(blocks), data={"backend": self.backend.name, "results": data},
                           error="; ".join(errors) if errors and len(errors) == len(queries) else None)
 
+    def _released(self, queries: list[str], results: list[Any], top_k: int) -> ToolResult:
+        """The released runtime's layout: numbered `title:`/`url:`/`snippet:` lines per query,
+        each block closed by an end marker, no trimming."""
+        blocks, data = [], []
+        for q, hits in zip(queries, results):
+            if isinstance(hits, BaseException):
+                blocks.append(f"--- search error for [{q}]: {hits} ---")
+                data.append({"query": q, "error": str(hits)})
+                continue
+            lines = [f"--- search result for [{q}] ---"]
+            for i, h in enumerate(hits[:top_k], 1):
+                lines.append(f"{i}. title: {h.title.strip()}")
+                if h.url:
+                    lines.append(f"  url: {h.url.strip()}")
+                if h.snippet:
+                    lines.append(f"  snippet: {h.snippet.strip()}")
+            lines.append("--- end of search result ---")
+            blocks.append("\n".join(lines))
+            data.append({"query": q, "hits": hit_dicts(hits[:top_k])})
+        return ToolResult(text="\n".join(blocks) or "[search] no results",
+                          data={"backend": self.backend.name, "results": data})
+
     async def aclose(self) -> None:
         await self.backend.aclose()
 
@@ -72,11 +95,6 @@ def _shorten(text: str, limit: int) -> str:
         return text
     cut = text[:limit].rsplit(" ", 1)[0]
     return cut + " …"
-
-
-# Each image an image search found opens a line of its observation as "[IMG_003] title"; a
-# constrained policy reads the ids back from the conversation with this pattern.
-FOUND_IMAGE_RE = re.compile(r"^\[(IMG_\d{3,})\] ", re.MULTILINE)
 
 
 class ImageSearchTool(Tool):
@@ -99,11 +117,17 @@ class ImageSearchTool(Tool):
     async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         args = validate_arguments(self.parameters, arguments)
         query = args["query"].strip()
+        released = ctx.layout == "released"
         try:
             hits = await self.backend.search_images(query, args["top_k"])
         except Exception as exc:  # a failed search is an observation, not the end of the run
-            return ToolResult(text=f"--- image search result for [{query}] ---\nImage search failed: {exc}",
-                              data={"backend": self.backend.name, "query": query}, error=str(exc))
+            if released:          # the released runtime shows a failed search as an empty one
+                hits = []
+            else:
+                return ToolResult(text=f"--- image search result for [{query}] ---\nImage search failed: {exc}",
+                                  data={"backend": self.backend.name, "query": query}, error=str(exc))
+        if released:
+            return self._released(query, [h for h in hits if h.local_path], ctx)
         lines = [f"--- image search result for [{query}] ---"]
         found = []
         for h in hits:
@@ -120,6 +144,20 @@ class ImageSearchTool(Tool):
             lines.append("No images found. Try a shorter or more general query.")
         return ToolResult(text="\n".join(lines),
                           data={"backend": self.backend.name, "query": query, "images": found})
+
+    def _released(self, query: str, hits: list[Any], ctx: ToolContext) -> ToolResult:
+        """The released runtime's layout: `IMG_###: title: …` then url, local_path and page_url
+        lines per image (only images it has on disk), closed by an end marker."""
+        lines = [f"--- image search result for [{query}] ---"]
+        found = []
+        for h in hits:
+            img_id = ctx.images.register(h)
+            found.append({"img_id": img_id, **hit_dicts([h])[0]})
+            lines.append(f"{img_id}: title: {h.title}")
+            lines += [f"  {label}: {value}" for label, value in
+                      (("url", h.url), ("local_path", h.local_path), ("page_url", h.page_url)) if value]
+        lines.append("--- end of image search result ---")
+        return ToolResult(text="\n".join(lines), data={"backend": self.backend.name, "query": query, "images": found})
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -4,6 +4,13 @@ It records every request it receives. A script is a list of turns (the reply to 
 is the turn at the index of its assistant-message count) or a function of the request body.
 Failure modes: `fail_first` answers the first N requests with an HTTP status; `delay_s` waits
 before every reply (for throughput measurements).
+
+Token ids, as vLLM gives them: a request with `return_token_ids` gets `prompt_token_ids` and
+`choices[0].token_ids`, and one with `logprobs` gets per-token log-probs (spelt `token_id:N` with
+`return_tokens_as_token_ids`); POST /tokenize renders messages to ids. The fake's tokenizer is
+toy but exact: a ChatML-like template whose markers are single ids, every other byte its own id.
+`tokens="none"` plays a server that returns no ids or log-probs, `tokens="in_logprobs"` an older
+vLLM that spells ids only inside the log-prob entries.
 """
 
 from __future__ import annotations
@@ -25,14 +32,39 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 512
 
 
+IM_START, IM_END = 1000, 1001           # the toy tokenizer's two special tokens
+_SPECIALS = {"<|im_start|>": IM_START, "<|im_end|>": IM_END}
+
+
+def toy_tokenize(text: str) -> list[int]:
+    """Markers to their ids, every other UTF-8 byte to its value."""
+    ids: list[int] = []
+    pos = 0
+    while pos < len(text):
+        marker = next((m for m in _SPECIALS if text.startswith(m, pos)), None)
+        if marker:
+            ids.append(_SPECIALS[marker])
+            pos += len(marker)
+        else:
+            ids.extend(text[pos].encode("utf-8"))
+            pos += 1
+    return ids
+
+
+def toy_template(messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
 class FakeChatServer:
     def __init__(self, script: Script, *, delay_s: float = 0.0, fail_first: int = 0, fail_status: int = 500,
-                 raw_reply: bytes | None = None):
+                 raw_reply: bytes | None = None, tokens: str = "full"):
         self.script = script
         self.delay_s = delay_s
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.raw_reply = raw_reply          # send these bytes as the body instead of a chat reply
+        self.tokens = tokens                # "full" | "in_logprobs" | "none"
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -52,6 +84,11 @@ class FakeChatServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path == "/tokenize":
+                    if outer.tokens == "none":
+                        return self._send(404, b'{"detail": "Not Found"}')
+                    ids = toy_tokenize(toy_template(body["messages"], body.get("add_generation_prompt", True)))
+                    return self._send(200, json.dumps({"tokens": ids, "count": len(ids)}).encode())
                 with outer._lock:
                     outer.requests.append(body)
                     outer.headers.append(dict(self.headers))
@@ -74,6 +111,7 @@ class FakeChatServer:
                          "usage": {"prompt_tokens": 100, "completion_tokens": len(text.split()),
                                    "total_tokens": 100 + len(text.split()),
                                    "prompt_tokens_details": {"cached_tokens": 64}}}
+                outer._add_tokens(body, reply, text)
                 self._send(200, json.dumps(reply).encode())
 
             def _send(self, status: int, data: bytes) -> None:
@@ -85,6 +123,21 @@ class FakeChatServer:
 
         self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _add_tokens(self, body: dict[str, Any], reply: dict[str, Any], text: str) -> None:
+        """What vLLM adds when asked: ids of the prompt and the reply, and per-token log-probs."""
+        if self.tokens == "none":
+            return
+        choice = reply["choices"][0]
+        ids = toy_tokenize(text) + [IM_END]          # vLLM's ids end with the end-of-turn token
+        if body.get("return_token_ids") and self.tokens == "full":
+            reply["prompt_token_ids"] = toy_tokenize(toy_template(body["messages"]))
+            choice["token_ids"] = ids
+        if body.get("logprobs"):
+            as_ids = body.get("return_tokens_as_token_ids")
+            choice["logprobs"] = {"content": [
+                {"token": f"token_id:{t}" if as_ids else chr(t) if t < 128 else "?",
+                 "logprob": -0.01 * (k % 7), "top_logprobs": []} for k, t in enumerate(ids)]}
 
     @property
     def base_url(self) -> str:
