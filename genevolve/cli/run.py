@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 
-from .common import add_policy_args, add_tool_args, build_agent_config, build_policy, build_tools, fail
+from .common import add_policy_args, add_tool_args, command_settings, fail, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,10 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..agent import Agent
-    from ..pipeline.agent_runs import run_agent_batch
     from ..pipeline.batch import InputError, Row, read_rows
-    from ..policies.base import PolicyError
+    from ..pipeline.generate import run_agents
 
     if args.parallel < 1:
         return fail("--parallel must be at least 1")
@@ -44,20 +41,8 @@ def main(args: argparse.Namespace) -> int:
         except InputError as exc:
             return fail(str(exc))
         for p in problems:
-            print(f"genevolve: skipping {p.message}", file=sys.stderr)
-    try:
-        policy = build_policy(args)
-        agent = Agent(policy, build_tools(args), build_agent_config(args))
-    except (PolicyError, ValueError) as exc:
-        return fail(str(exc))
-
-    async def go() -> dict:
-        try:
-            return await run_agent_batch(agent, rows, problems, args.output_dir, parallel=args.parallel,
-                                         retry_errors=not args.no_retry_errors, progress=not args.quiet)
-        finally:
-            await agent.aclose()
-
-    counts = asyncio.run(go())
+            say(f"skipping {p.message}")
+    counts = asyncio.run(run_agents(command_settings(args), rows, problems, args.output_dir, parallel=args.parallel,
+                                    retry_errors=not args.no_retry_errors, progress=not args.quiet))
     print(json.dumps({"output_dir": args.output_dir, **counts}))
     return 0

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from ..registry import load_class, make
 from .base import Generator, GeneratorError, RenderResult
 
 GENERATORS = {
@@ -16,15 +16,8 @@ GENERATORS = {
 }
 
 
-def load_class(spec: str) -> Any:
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def make_generator(name: str, **options: Any) -> Generator:
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generator backend '{name}' (choose from {', '.join(GENERATORS)})")
-    return load_class(GENERATORS[name])(**options)
+    return make(GENERATORS, "generator backend", name, **options)
 
 
 __all__ = ["Generator", "GeneratorError", "RenderResult", "GENERATORS", "make_generator", "load_class"]

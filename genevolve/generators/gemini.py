@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from typing import Any
 
@@ -35,17 +34,18 @@ ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9"
 class NanoBananaProGenerator(Generator):
     name = "nano-banana-pro"
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, base_url: str | None = None, aspect_ratio: str | None = "auto",
+    def __init__(self, model: str = DEFAULT_MODEL, *, api_key: str | None = None, base_url: str | None = None,
+                 aspect_ratio: str | None = "auto",
                  image_size: str | None = None, max_refs: int = 14, max_concurrency: int = 4,
                  timeout: float = 300.0, connect_timeout: float = 10.0, retries: int = 3, backoff: float = 2.0,
                  max_backoff: float = 60.0, jpeg_quality: int = 95, max_image_pixels: int = MAX_IMAGE_PIXELS):
-        self.api_key = os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")
+        self.api_key = api_key
         if not self.api_key:
-            raise ValueError("nano-banana-pro needs an API key in GOOGLE_API_KEY or GEMINI_API_KEY")
+            raise ValueError("nano-banana-pro needs an API key: set GOOGLE_API_KEY or GEMINI_API_KEY")
         if aspect_ratio not in (None, "", "auto", *ASPECT_RATIOS):
             raise ValueError(f"aspect_ratio must be auto or one of {', '.join(ASPECT_RATIOS)}, got {aspect_ratio!r}")
         self.model = model
-        self.base_url = (base_url or os.environ.get("GEMINI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.aspect_ratio = aspect_ratio or None
         self.image_size = image_size or None
         self.max_refs = int(max_refs)

@@ -62,7 +62,7 @@ class OfflineRenderer(Generator):
         self.long_side = max(64, int(long_side) // 16 * 16)
         self.seed = int(seed)
         self.max_reference_pixels = int(max_reference_pixels)
-        self.font_path = font or os.environ.get("GENEVOLVE_FONT") or find_font(BOLD_FONTS)
+        self.font_path = font or find_font(BOLD_FONTS)
         if self.font_path is None:
             warnings.warn("no TrueType bold sans font found (install fonts-dejavu-core); the offline renderer "
                           "falls back to Pillow's built-in font", RuntimeWarning, stacklevel=2)

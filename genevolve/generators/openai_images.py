@@ -14,7 +14,6 @@ download guard, and such URLs expire anyway.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -33,15 +32,16 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 class OpenAIImagesGenerator(Generator):
     name = "openai-images"
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, base_url: str | None = None, size: str = "auto",
+    def __init__(self, model: str = DEFAULT_MODEL, *, api_key: str | None = None, base_url: str | None = None,
+                 size: str = "auto",
                  quality: str | None = None, input_fidelity: str | None = None, max_refs: int = 16,
                  max_concurrency: int = 4, timeout: float = 300.0, connect_timeout: float = 10.0, retries: int = 3,
                  backoff: float = 2.0, max_backoff: float = 60.0, max_image_pixels: int = MAX_IMAGE_PIXELS):
-        self.api_key = os.environ.get("OPENAI_API_KEY")
+        self.api_key = api_key
         if not self.api_key:
-            raise ValueError("openai-images needs an API key in OPENAI_API_KEY")
+            raise ValueError("openai-images needs an API key: set OPENAI_API_KEY")
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.size = size
         self.quality = quality
         self.input_fidelity = input_fidelity

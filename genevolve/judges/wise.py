@@ -11,6 +11,7 @@ because the Category strings are cased inconsistently.
 - verified: a judge answers `Score: 1` or `Score: 0` per image;
             overall = 0.40·cultural + 0.12·(time + space + biology + physics + chemistry).
 The two protocols use different prompt files and id ranges; their numbers are not comparable.
+Scoring a folder of images is a batch stage: `genevolve.pipeline.wise.score_images`.
 """
 
 from __future__ import annotations
@@ -296,42 +297,7 @@ def format_wise_table(summary: dict[str, Any]) -> str:
     return f"{label:<14}{head}\n{'':<14}{vals}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Scoring a folder of images (resumable)
-
-async def score_images(judge: WiseJudge, prompts: list[WisePrompt], images_dir: str | Path, out_dir: str | Path,
-                       *, parallel: int = 4, retry_errors: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Score `images_dir/{prompt_id}.png` for every prompt; write, in `out_dir`:
-    wise_<protocol>.jsonl/.json (every record, the resume journal), scores_<protocol>.jsonl (scored
-    rows only, in the WISE score-file layout) and wise_<protocol>_summary.json. Returns the summary."""
-    from ..jsonio import atomic_write_json, write_jsonl_atomic
-    from ..pipeline.batch import ResultStore, Row, run_items
-
-    name, images_dir, out_dir = judge.protocol.name, Path(images_dir), Path(out_dir)
-    store = ResultStore(out_dir, f"wise_{name}", retry=(lambda r: bool(r.get("error"))) if retry_errors else None)
-    by_id = {str(p.prompt_id): p for p in prompts}
-    rows = [Row(id=str(p.prompt_id), line=i, data={}) for i, p in enumerate(prompts, 1)]
-    order = [r.id for r in rows]
-    try:
-        for rec in store.records.values():
-            if rec.get("judge", {}).get("model") not in (None, judge.endpoint.model):
-                raise ValueError(f"{store.jsonl_path} holds scores by judge model {rec['judge']['model']!r}, "
-                                 f"not {judge.endpoint.model!r}; use another --output-dir")
-
-        async def work(row: Row) -> dict[str, Any]:
-            return await judge.score(by_id[row.id], images_dir / f"{row.id}.png")
-
-        def on_error(row: Row, exc: BaseException) -> dict[str, Any]:
-            return {"id": row.id, "prompt_id": int(row.id), "error": f"judge crashed: {type(exc).__name__}: {exc}"}
-
-        await run_items(rows, work, store, parallel=parallel, desc=f"wise-{name}", on_error=on_error,
-                        progress=progress)
-    finally:
-        store.close(order=order)
-    records = [store.records[i] for i in order if i in store.records]
-    keys = ("prompt_id", *_LEGACY_KEYS) if judge.protocol is LEGACY else ("prompt_id", "score")
-    write_jsonl_atomic(out_dir / f"scores_{name}.jsonl",
-                       [{k: r[k] for k in keys} for r in records if item_score(r, judge.protocol) is not None])
-    summary = summarize_wise(records, judge.protocol, judge.info())
-    atomic_write_json(out_dir / f"wise_{name}_summary.json", summary)
-    return summary
+def score_row(record: dict[str, Any], protocol: Protocol) -> dict[str, Any]:
+    """A scored record in the layout of WISE's own score files."""
+    keys = ("prompt_id", *_LEGACY_KEYS) if protocol is LEGACY else ("prompt_id", "score")
+    return {k: record[k] for k in keys}

@@ -5,6 +5,8 @@ Every stage (agent runs, renders, judging) writes the same way:
 - `<out>/<name>.json` (an array) is rewritten atomically now and then and at the end;
 - a rerun reads the JSONL back (a torn last line from a kill is dropped), skips the ids that are
   done and runs the rest, so no item is lost and none appears twice.
+
+Every record carries `id` and `error` (None, or what went wrong with this item in this stage).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from ..jsonio import JsonlAppender, atomic_write_json, read_jsonl_tolerant, writ
 
 class InputError(ValueError):
     """The input file cannot be used as a whole (unreadable, not JSON, duplicate ids)."""
+
+
+class StageError(RuntimeError):
+    """A stage could not start: its input file, policy, generator or judge cannot be used. The
+    message says which and why; the command prints it and exits 2."""
 
 
 @dataclass
@@ -136,6 +143,7 @@ class ResultStore:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.out_dir / f"{name}.jsonl"
         self.json_path = self.out_dir / f"{name}.json"
+        self._remove_stale_temporaries()
         self.records: dict[str, dict[str, Any]] = {}
         kept_lines = 0
         for rec in read_jsonl_tolerant(self.jsonl_path):
@@ -149,6 +157,13 @@ class ResultStore:
         self._journal = JsonlAppender(self.jsonl_path)
         self.json_every_s = json_every_s
         self._last_json = 0.0
+
+    def _remove_stale_temporaries(self) -> None:
+        """A kill during an atomic rewrite leaves its temporary file behind (the old file is intact);
+        one stage owns its folder, so any such file of ours is stale when the stage opens."""
+        for target in (self.json_path, self.jsonl_path):
+            for stale in self.out_dir.glob(f".{target.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def _journal_has_torn_line(self) -> bool:
         if not self.jsonl_path.exists() or self.jsonl_path.stat().st_size == 0:

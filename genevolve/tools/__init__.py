@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..generators import load_class
+from ..registry import load_class
 from .base import (ImageHit, ImageRegistry, ImageSearchBackend, SearchBackend, SearchHit, Tool,
                    ToolArgumentError, ToolContext, ToolResult)
 from .knowledge import KnowledgeTool
