@@ -17,7 +17,6 @@ only checked for existence and the GGUF magic bytes (there is no pin to compare 
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -29,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from filelock import FileLock
+
 from .config import cache_dir
 
-MODEL_PATH_ENV = "GENEVOLVE_MODEL_PATH"
+MODEL_PATH_ENV = "GENEVOLVE_MODEL_PATH"   # named in messages; the settings layer reads it, not this module
 GGUF_MAGIC = b"GGUF"
 CHUNK_BYTES = 1 << 24          # 16 MiB: large enough to stream at disk speed, small enough for RAM
 
@@ -250,37 +251,21 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-class _FileLock:
-    """An exclusive advisory lock, so two processes do not assemble the same file at once."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> "_FileLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a")
-        fcntl.flock(self._f.fileno(), fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
-        self._f.close()
-
-
 def ensure_model(path: str | os.PathLike | None = None, *, spec: ModelSpec = PINNED_MODEL,
                  writer: ChunkWriter = _write_chunk) -> Path:
     """The GGUF file the local policy loads.
 
-    An explicit `path` (or `GENEVOLVE_MODEL_PATH`) wins and is only checked for the GGUF magic.
-    Otherwise the pinned model is returned from the cache, assembled first if needed.
+    An explicit `path` (the caller resolves --model-path / GENEVOLVE_MODEL_PATH) wins and is only
+    checked for the GGUF magic. Otherwise the pinned model is returned from the cache, assembled
+    first if needed (one process at a time: the others wait on the lock, then find it done).
     """
-    user_path = path if path is not None else os.environ.get(MODEL_PATH_ENV) or None
-    if user_path is not None:
-        return check_gguf_file(user_path)
+    if path:
+        return check_gguf_file(path)
     dest = pinned_model_path(spec)
     if stamp_matches(dest, spec):
         return dest
-    with _FileLock(dest.with_name(dest.name + ".lock")):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.with_name(dest.name + ".lock")):
         if dest.exists():                     # assembled earlier, or by another process meanwhile
             verify_pinned_file(dest, spec)
             return dest
@@ -296,12 +281,11 @@ def model_status(path: str | os.PathLike | None = None, spec: ModelSpec = PINNED
     `available` is True when the local policy can start now or after a one-time assembly.
     A cached pinned file without a stamp is hashed here (a few seconds, once).
     """
-    user_path = path if path is not None else os.environ.get(MODEL_PATH_ENV) or None
-    if user_path is not None:
+    if path:
         try:
-            found = check_gguf_file(user_path)
+            found = check_gguf_file(path)
         except ModelError as exc:
-            return {"available": False, "path": str(user_path), "reason": str(exc)}
+            return {"available": False, "path": str(path), "reason": str(exc)}
         return {"available": True, "path": str(found),
                 "reason": "user-supplied GGUF file (not hash-pinned)"}
     dest = pinned_model_path(spec)

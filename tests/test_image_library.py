@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -18,11 +21,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from genevolve.cli import main as cli_main
 from genevolve.tools import ImageSearchTool, ToolContext, make_image_search_backend
+from genevolve.tools import image_library_build
 from genevolve.tools.image_library import (ImageLibrary, ImageLibraryBackend, LibraryError, TextIndex,
-                                           default_library_dir, read_manifest, user_manifest_path)
-from genevolve.tools.image_library_build import ensure_builtin, fetch_flags, flag_entries
+                                           collect_builds, default_library_dir, ensure_builtin,
+                                           find_emoji_font, read_manifest, user_manifest_path)
+from genevolve.tools.image_library_build import fetch_flags, flag_entries
 from genevolve.tools.image_library_labels import Namer, flag_code
-from genevolve.tools.image_library_user import add_folder
+from genevolve.tools.image_library_user import DEFAULT_MAX_PIXELS, add_folder, open_checked
 
 AUSTRALIA = "emoji-1f1e6-1f1fa"
 
@@ -165,10 +170,112 @@ def test_flat_flag_renders_are_named_like_the_emoji(tmp_path: Path, library: Ima
     assert index.search("Australian flag", 1)[0][0].id == "flag-au"
 
 
+def test_a_finished_build_is_reused_not_rebuilt(tmp_library: Path, builtin_dir: Path, monkeypatch) -> None:
+    build_json = builtin_dir / "BUILD.json"
+    before = build_json.stat()
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the bundled library was rebuilt")
+
+    monkeypatch.setattr(image_library_build, "build_builtin", tripwire)
+    lib = ImageLibrary(tmp_library)
+    index = lib.index()
+    assert lib.builtin_dir == tmp_library / builtin_dir.name
+    assert ids(lib.search("flag of Australia", 1))[0] in flag_ids(AUSTRALIA)
+    assert lib.index() is index                      # nothing changed on disk: the same index object
+    assert ensure_builtin(tmp_library) == lib.builtin_dir
+    after = build_json.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
 def test_fetch_flags_without_npm_says_what_is_missing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))          # no npm on this PATH
     with pytest.raises(RuntimeError, match="needs the npm client"):
         fetch_flags(tmp_path / "library", log=lambda msg: None)
+
+
+# ----------------------------------------------------------------------------- a cache shared by processes
+
+_READER = """
+import sys
+from PIL import Image
+from genevolve.tools.image_library import ImageLibrary
+lib = ImageLibrary(sys.argv[1], include_user=False, build=False)     # finds this environment's build
+entry, path, _ = lib.search("flag of Australia", 1)[0]
+print(lib.builtin_dir.name, path, flush=True)
+sys.stdin.readline()                     # meanwhile another environment builds and collects
+with Image.open(path) as im:
+    im.load()
+print("still readable", flush=True)
+sys.stdin.readline()                     # killed here
+"""
+
+# Another environment: its own emoji font path gives it another build key. Its build is kept small
+# (40 glyphs, no flat flags): what is under test is where builds live and when they are collected.
+_BUILDER = """
+import sys
+from genevolve.tools import image_library_build as build
+from genevolve.tools.image_library import ensure_builtin
+glyphs = build.emoji_glyphs
+build.emoji_glyphs = lambda font: glyphs(font)[:40]
+build.flag_entries = lambda folder, dest, namer: []
+print(ensure_builtin(__import__("pathlib").Path(sys.argv[1]), emoji_font=sys.argv[2]).name, flush=True)
+"""
+
+
+def test_a_build_in_use_by_another_process_is_not_collected(tmp_path: Path, builtin_dir: Path) -> None:
+    font = find_emoji_font()
+    if font is None:
+        pytest.skip("no Noto Color Emoji font on this machine")
+    root = tmp_path / "shared"
+    root.mkdir()
+    if (builtin_dir.parent / "vendor").is_dir():        # fetched flags are part of the build key
+        (root / "vendor").symlink_to(builtin_dir.parent / "vendor", target_is_directory=True)
+    # Environment A's build: the shared one, hard-linked in (a real folder, no 3,900-image rebuild).
+    shutil.copytree(builtin_dir, root / builtin_dir.name, copy_function=os.link,
+                    ignore=shutil.ignore_patterns(".holders"))
+    # A build nobody uses any more, with the lock file of a process that has exited.
+    abandoned = root / "builtin-000000000000"
+    (abandoned / ".holders").mkdir(parents=True)
+    (abandoned / "BUILD.json").write_text("{}")
+    (abandoned / ".holders" / "gone-1-0.lock").write_text("")
+    (tmp_path / "fonts").mkdir()
+    (tmp_path / "fonts" / font.name).symlink_to(font)
+
+    reader = subprocess.Popen([sys.executable, "-c", _READER, str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        name, path = reader.stdout.readline().split()
+        assert name == builtin_dir.name and Path(path).is_file()
+        built = subprocess.run([sys.executable, "-c", _BUILDER, str(root), str(tmp_path / "fonts" / font.name)],
+                               capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr
+        other = built.stdout.strip()
+        assert other.startswith("builtin-") and other != name
+        assert sorted(p.name for p in root.glob("builtin-*")) == sorted([name, other])   # abandoned one collected
+        assert Path(path).is_file()
+        reader.stdin.write("go on\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "still readable"
+    finally:
+        reader.kill()                        # kill -9: the kernel drops its lock, its file stays behind
+        reader.wait()
+    # With its reader gone, A's build is collected by the next collection.
+    assert collect_builds(root, keep=root / other) == [root / name]
+    assert [p.name for p in root.glob("builtin-*")] == [other] and not list(root.glob(".trash-*"))
+
+
+def test_a_forced_rebuild_replaces_files_in_place(tmp_path: Path, monkeypatch) -> None:
+    glyphs = image_library_build.emoji_glyphs
+    monkeypatch.setattr(image_library_build, "emoji_glyphs", lambda font: glyphs(font)[:20])   # a small build
+    root = tmp_path / "library"
+    first = ensure_builtin(root)
+    folder, manifest = first.stat().st_ino, (first / "manifest.jsonl").stat().st_ino
+    assert ensure_builtin(root, force=True) == first
+    assert first.stat().st_ino == folder                        # never moved away, so no path goes missing
+    assert (first / "manifest.jsonl").stat().st_ino != manifest  # each file replaced by a rename
+    assert [p.name for p in root.iterdir() if p.name.startswith(("builtin-", ".building-", ".trash-"))] == [first.name]
+    assert json.loads((first / "BUILD.json").read_text())["entries"] == len(read_manifest(first / "manifest.jsonl"))
 
 
 # ----------------------------------------------------------------------------- user folders
@@ -264,6 +371,41 @@ def test_re_adding_is_idempotent_and_tracks_changes(tmp_library: Path, photo_fol
     assert (changed.updated, changed.removed, changed.unchanged) == (1, 1, 2)
     lib = ImageLibrary(tmp_library, include_builtin=False)
     assert lib.search("purple sky", 1)[0][0].title == "sunset"
+
+
+def test_images_over_the_pixel_cap(tmp_path: Path) -> None:
+    """A JPEG is decoded at a reduced scale until it fits the cap; other formats over it are refused."""
+    photo = Image.radial_gradient("L").resize((800, 600)).convert("RGB")
+    photo.save(tmp_path / "big.jpg", quality=90)
+    photo.save(tmp_path / "big.png")
+    with open_checked(tmp_path / "big.jpg", max_pixels=100_000) as im:
+        assert im.info["full_size"] == (800, 600)
+        assert im.size == (200, 150)              # 1/2 would still be 120,000 pixels: decoded at 1/4
+    with open_checked(tmp_path / "big.jpg", max_pixels=10**6, draft_box=(100, 100)) as im:
+        assert im.size == (200, 150)              # under the cap, and reduced only while it covers the box
+    with open_checked(tmp_path / "big.jpg") as im:
+        assert im.size == (800, 600)              # small enough: every pixel decoded
+    with pytest.raises(ValueError, match=r"too large: 800x600"):
+        open_checked(tmp_path / "big.png", max_pixels=100_000)
+    with pytest.raises(ValueError, match=r"too large: 800x600"):            # even 1/8 is over the cap
+        open_checked(tmp_path / "big.jpg", max_pixels=5_000)
+    (tmp_path / "huge.png").write_bytes(_declared_png(20_000, 20_000))       # 400 MP in a few bytes
+    with pytest.raises(ValueError, match="too large"):
+        open_checked(tmp_path / "huge.png")
+    assert DEFAULT_MAX_PIXELS == 64_000_000
+
+
+def test_add_folder_reads_a_large_jpeg_at_a_reduced_scale(tmp_library: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.new("RGB", (1200, 900), (20, 120, 200)).save(folder / "harbour.jpg")
+    Image.new("RGB", (1200, 900), (20, 120, 200)).save(folder / "harbour-copy.png")
+    report = add_folder(tmp_library, folder, max_pixels=500_000)
+    assert report.added == 1
+    assert [(Path(f).name, why.split(" = ")[0]) for f, why in report.skipped] == \
+        [("harbour-copy.png", "too large: 1200x900")]
+    entry = read_manifest(user_manifest_path(tmp_library))[0]
+    assert (Path(entry.path).name, entry.width, entry.height) == ("harbour.jpg", 1200, 900)   # the true size
 
 
 def test_add_folder_with_ocr_reads_text(tmp_library: Path, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import errno
 import hashlib
 import itertools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,18 +184,42 @@ def test_user_model_path_needs_gguf_magic_but_no_pin(env, tmp_path, monkeypatch)
     good = tmp_path / "mine.gguf"
     good.write_bytes(GGUF_MAGIC + b"\x03\x00\x00\x00anything")
     assert ensure_model(good) == good
-    monkeypatch.setenv(MODEL_PATH_ENV, str(good))
-    assert ensure_model() == good
-    assert model_status()["reason"].startswith("user-supplied GGUF")
+    assert model_status(good)["reason"].startswith("user-supplied GGUF")
 
     bad = tmp_path / "model.bin"
     bad.write_bytes(b"PK\x03\x04 a zip, not a model")
     with pytest.raises(ModelError, match="not a GGUF file"):
         ensure_model(bad)
+    assert model_status(bad)["available"] is False
+    # The settings layer resolves GENEVOLVE_MODEL_PATH; this module reads no environment.
     monkeypatch.setenv(MODEL_PATH_ENV, str(bad))
-    assert model_status()["available"] is False
+    spec = _make_parts(env, CONTENTS)
+    assert ensure_model(spec=spec) == pinned_model_path(spec)
 
     with pytest.raises(ModelError, match="does not exist"):
         ensure_model(tmp_path / "absent.gguf")
     with pytest.raises(ModelError, match="not a file"):
         ensure_model(tmp_path)
+
+
+_ASSEMBLE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from genevolve.models import ModelSpec, ensure_model
+spec = ModelSpec(name="fake model", file_name=sys.argv[2], sha256=sys.argv[3], size=int(sys.argv[4]),
+                 part_modules=tuple(sys.argv[5].split(",")), part_version="0.2.0")
+print(ensure_model(spec=spec))
+"""
+
+
+def test_two_processes_assembling_at_once_get_one_whole_file(env):
+    spec = _make_parts(env, [GGUF_MAGIC + os.urandom(4 << 20), os.urandom(4 << 20)])
+    args = [sys.executable, "-c", _ASSEMBLE, str(env), spec.file_name, spec.sha256, str(spec.size),
+            ",".join(spec.part_modules)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    path = pinned_model_path(spec)
+    assert {out.strip() for out, _ in outs} == {str(path)}
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
+    assert _leftovers(path.parent) == []

@@ -9,8 +9,8 @@ from PIL import Image, ImageFilter
 
 from genevolve.generators.offline import OfflineRenderer
 from genevolve.judges.base import DIMENSIONS
-from genevolve.judges.offline import (OfflineJudge, judge_images, normalise_text, required_texts,
-                                      substring_distance, text_distance)
+from genevolve.judges.offline import (MAX_PIXELS, OfflineJudge, judge_images, load_bgr, normalise_text,
+                                      required_texts, substring_distance, text_distance)
 from genevolve.program import Program, Reference
 from genevolve.tools.image_library import ImageLibrary
 
@@ -148,6 +148,25 @@ def test_judge_is_repeatable_and_reports_bad_files_as_failures(draw, tmp_path):
     broken.write_bytes(b"not a png at all")
     bad = asyncio.run(judge.score(request="x", generated_image=broken, gt_image=gt))
     assert not bad.ok and "cannot read" in bad.error
+
+
+def test_images_over_the_pixel_cap_fail_their_sample(draw, tmp_path):
+    gt = draw("The flag from the first reference image, centered.", [ITALY])
+    huge = tmp_path / "huge.png"
+    Image.new("1", (12_000, 8_000)).save(huge)         # 96 megapixels in a small file
+    assert MAX_PIXELS == 64_000_000
+    result = asyncio.run(OfflineJudge().score(request="The flag of Italy.", generated_image=huge, gt_image=gt))
+    assert not result.ok and "huge.png" in result.error and "too large: 12000x8000" in result.error
+
+    # A JPEG over the cap is decoded at a reduced scale and judged; a PNG over it is refused.
+    jpeg = tmp_path / "gt.jpg"
+    Image.open(gt).convert("RGB").save(jpeg, quality=95)
+    side = max(Image.open(jpeg).size)
+    assert max(load_bgr(jpeg, 1024, upscale=False, max_pixels=100_000).shape) == -(-side // 4)
+    capped = OfflineJudge(max_pixels=100_000)
+    assert asyncio.run(capped.score(request="The flag of Italy.", generated_image=jpeg, gt_image=jpeg)).ok
+    refused = asyncio.run(capped.score(request="The flag of Italy.", generated_image=jpeg, gt_image=gt))
+    assert not refused.ok and "too large" in refused.error
 
 
 def test_text_helpers():

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +54,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..ocr import read_text
+from ..tools.image_library_user import DEFAULT_MAX_PIXELS, open_checked
 from .base import Judge, JudgeResult
 from .kscore import missing_images
 
 RUBRIC_VERSION = "genevolve-offline-1"
 WORK_SIDE = 512                 # images are compared at this long side
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # 64 MP: more decoded pixels than this is a failed sample, not 1.5 GB of RAM
 
 # visual_correctness
 MAX_FEATURES = 2000
@@ -100,11 +102,16 @@ _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”")
 
 # ---------------------------------------------------------------------------------- images
 
-def load_bgr(path: str | Path, side: int = WORK_SIDE, upscale: bool = True) -> np.ndarray:
+def load_bgr(path: str | Path, side: int = WORK_SIDE, upscale: bool = True,
+             max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The image at `path` as 8-bit BGR, resized so its long side is `side` (or kept when smaller
-    and `upscale` is off); transparency goes on white."""
-    with Image.open(path) as im:
-        im.load()
+    and `upscale` is off); transparency goes on white. At most `max_pixels` are decoded (a large JPEG
+    is decoded at a reduced scale); anything else is a ValueError that names the file."""
+    try:
+        im = open_checked(Path(path), max_pixels)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    with im:
         if im.mode in ("RGBA", "LA", "P"):
             im = im.convert("RGBA")
             canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -182,22 +189,6 @@ def _join_overlapping(parts: list[str], longest: int = 3) -> str:
 
 def grade_text(distance: float) -> float:
     return 1.0 if distance <= TEXT_FULL else 0.5 if distance <= TEXT_HALF else 0.0
-
-
-class _OCR:
-    """One RapidOCR engine per process (loading it costs about a second); calls are serialised."""
-
-    _engine = None
-    _lock = threading.Lock()
-
-    @classmethod
-    def read(cls, bgr: np.ndarray) -> list[tuple[str, float, list[list[float]]]]:
-        with cls._lock:
-            if cls._engine is None:
-                from rapidocr_onnxruntime import RapidOCR
-                cls._engine = RapidOCR()
-            result, _ = cls._engine(bgr)
-        return [(text, float(conf), box) for box, text, conf in (result or [])]
 
 
 # ---------------------------------------------------------------------------------- objects
@@ -518,14 +509,14 @@ def grade_share(passed: int, total: int) -> float:
 # ---------------------------------------------------------------------------------- the judge
 
 def judge_images(request: str, generated_image: str | Path, gt_image: str | Path,
-                 meta: dict[str, Any] | None = None) -> JudgeResult:
+                 meta: dict[str, Any] | None = None, max_pixels: int = MAX_PIXELS) -> JudgeResult:
     """Score one sample synchronously (the judge runs it in a worker thread).
 
     `meta` may be a benchmark row: facts nested under its `meta` key count as well."""
     meta = dict(meta or {})
     if isinstance(meta.get("meta"), dict):
         meta.update(meta["meta"])
-    gen, gt = load_bgr(generated_image), load_bgr(gt_image)
+    gen, gt = load_bgr(generated_image, max_pixels=max_pixels), load_bgr(gt_image, max_pixels=max_pixels)
     extra: dict[str, Any] = {}
     checks: dict[str, bool] = {}
 
@@ -543,8 +534,8 @@ def judge_images(request: str, generated_image: str | Path, gt_image: str | Path
     ocr_boxes: list[list[list[float]]] = []
     if texts or meta.get("count") is not None:
         # Native pixels, at most OCR_SIDE: upscaling makes OCR split words ("FARM" "ISTAND").
-        big = load_bgr(generated_image, OCR_SIDE, upscale=False)
-        found = [(t, c, b) for t, c, b in _OCR.read(big) if c >= OCR_MIN_CONFIDENCE]
+        big = load_bgr(generated_image, OCR_SIDE, upscale=False, max_pixels=max_pixels)
+        found = [(t, c, b) for t, c, b in read_text(big) if c >= OCR_MIN_CONFIDENCE]
         shrink = gen.shape[1] / big.shape[1]
         # Only confident, multi-character readings are blanked before counting: OCR now and then
         # reads a single letter into a picture, and that must not erase an object.
@@ -585,12 +576,19 @@ def judge_images(request: str, generated_image: str | Path, gt_image: str | Path
 
 
 class OfflineJudge(Judge):
-    """KScore's four dimensions from OCR, local features and image statistics (no model service)."""
+    """KScore's four dimensions from OCR, local features and image statistics (no model service).
+
+    concurrency: samples scored at once. max_pixels: an image with more decoded pixels (after a
+    large JPEG is decoded at a reduced scale) fails its sample with the reason, default MAX_PIXELS.
+    """
 
     name = "offline"
 
-    def __init__(self, concurrency: int | str = 1):
+    def __init__(self, concurrency: int | str = 1, max_pixels: int | str = MAX_PIXELS):
         self._slots = asyncio.Semaphore(max(1, int(concurrency)))
+        self.max_pixels = int(max_pixels)
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, got {max_pixels}")
 
     def info(self) -> dict[str, str]:
         return {"judge": self.name, "model": "", "endpoint": "", "rubric_version": RUBRIC_VERSION}
@@ -602,7 +600,8 @@ class OfflineJudge(Judge):
             return JudgeResult.failure(missing, judge=self.name, rubric_version=RUBRIC_VERSION)
         async with self._slots:
             try:
-                return await asyncio.to_thread(judge_images, request, generated_image, gt_image, meta)
+                return await asyncio.to_thread(judge_images, request, generated_image, gt_image, meta,
+                                               self.max_pixels)
             except (OSError, ValueError) as exc:      # unreadable or corrupt image files
                 return JudgeResult.failure(f"cannot read an image: {exc}", judge=self.name,
                                            rubric_version=RUBRIC_VERSION)

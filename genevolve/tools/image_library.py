@@ -1,6 +1,6 @@
 """The offline `image_search` backend: a local, labelled image library with BM25F text search.
 
-The library lives in `cache_dir()/images/` (or `library_dir`, or env GENEVOLVE_IMAGE_LIBRARY):
+The library lives in `library_dir` (default `cache_dir()/images/`):
 
     images/
       builtin-<key>/          bundled images, built once on first use (image_library_build.py)
@@ -10,12 +10,15 @@ The library lives in `cache_dir()/images/` (or `library_dir`, or env GENEVOLVE_I
         files/emoji/*.png     Noto Color Emoji glyphs (all country and subdivision flags included)
         files/photos/*        real photos shipped by scikit-image and matplotlib
         files/flags/*.png     flat 1000 px flags, when `genevolve images fetch-flags` was run
+        .holders/*.lock       one per process using this build (see "bundled builds" below)
       vendor/                 the fetched flag package (optional)
       user/manifest.jsonl     folders added with `genevolve images add DIR` (images stay in place)
       .lock                   serialises builds and manifest updates across processes
+      .gc.lock                serialises taking a hold on a build and collecting unused builds
 
 `<key>` is a hash of the build inputs (format, build code, font file, package versions, fetched
-flags), so any change leads to a fresh build beside the old one, swapped in by one rename.
+flags), so any change leads to a fresh build beside the old one, swapped in by one rename; old
+builds are deleted only once no process holds them.
 
 Search is BM25F over three fields with boosts: title > labels (names, aliases, keywords) >
 caption. Words are lowercased, accent-folded and plural-stemmed with the text search's rules;
@@ -28,27 +31,31 @@ when the library loads (about 4k entries, under 2 s) and reloaded when the user 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import importlib.metadata
 import json
 import logging
-import math
 import os
 import re
+import secrets
+import shutil
+import socket
 import threading
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import numpy as np
+from filelock import FileLock, Timeout
 
-from ..config import cache_dir
+from ..config import cache_dir, parse_bool
 from ..jsonio import write_jsonl_atomic
+from ..text_index import K1, BM25FIndex
 from .base import ImageHit, ImageSearchBackend
 from .offline_corpus import normalize, stem
 
 log = logging.getLogger(__name__)
 
-K1 = 1.2
 FIELD_BOOST = {"title": 3.0, "labels": 2.0, "caption": 1.0}
 FIELD_B = {"title": 0.5, "labels": 0.5, "caption": 0.75}
 EXPANSION_WEIGHT = 0.7            # a synonym counts a bit less than the word the user typed
@@ -65,6 +72,10 @@ image images picture pictures pic pics photograph illustration reference
 """.split())
 _WORD = re.compile(r"[^\W_]+")
 MAX_QUERY_CHARS = 500
+FONT_CANDIDATES = ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
+                   "/usr/share/fonts/noto/NotoColorEmoji.ttf",
+                   "/usr/share/fonts/google-noto-emoji/NotoColorEmoji.ttf")
+Log = Callable[[str], None]
 
 
 class LibraryError(Exception):
@@ -138,66 +149,189 @@ def write_manifest(path: Path, entries: list[LibraryImage]) -> None:
 
 
 def default_library_dir() -> Path:
-    explicit = os.environ.get("GENEVOLVE_IMAGE_LIBRARY")
-    return Path(explicit) if explicit else cache_dir() / "images"
+    return cache_dir() / "images"
 
 
 def user_manifest_path(root: Path) -> Path:
     return root / "user" / "manifest.jsonl"
 
 
-@contextmanager
-def library_lock(root: Path) -> Iterator[None]:
+def library_lock(root: Path) -> FileLock:
     """An exclusive lock over builds and manifest rewrites, shared by all processes on this host."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+") as f:
+    return FileLock(root / ".lock")
+
+
+# ----------------------------------------------------------------------------- bundled builds
+# Each build is a folder named by the hash of its inputs, built beside the others and renamed into
+# place whole. Two environments on one machine (one with the flat flags fetched, one without; other
+# package versions) compute different keys and may run at once, so a build never deletes a folder
+# another process is reading: every process that uses a build holds an exclusive lock on a file of
+# its own under `<build>/.holders/` for as long as it lives, and a build is collected only when no
+# lock there is held (a lock that can be taken belongs to a process that has exited). Registering
+# a hold and collecting both happen under `.gc.lock`, so neither can slip in between the other's
+# check and act. The holds end with the process, even on kill -9, because the kernel drops its locks.
+
+_HELD: dict[str, FileLock] = {}     # resolved build folder -> this process's hold on it
+_HELD_LOCK = threading.Lock()
+
+
+def find_emoji_font(explicit: str | os.PathLike | None = None) -> Path | None:
+    """Noto Color Emoji: `explicit` when given, else the first of the usual places that has it."""
+    if explicit:
+        return Path(explicit).expanduser()
+    for candidate in FONT_CANDIDATES:
+        if os.path.isfile(candidate):
+            return Path(candidate)
+    fonts = Path("/usr/share/fonts")
+    hits = sorted(fonts.rglob("NotoColorEmoji.ttf")) if fonts.is_dir() else []
+    return hits[0] if hits else None
+
+
+def build_inputs(root: Path, emoji_font: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Everything the bundled library depends on; its hash names the build folder."""
+    from . import image_library_build as build
+
+    font = find_emoji_font(emoji_font)
+    if emoji_font and not (font and font.is_file()):
+        raise LibraryError(f"emoji font {font}: no such file")
+    st = font.stat() if font else None
+    # The hash of the build and label code stands in for the format number between releases:
+    # any change to names, captions or image processing leads to a fresh build. Where builds live
+    # and who holds them (this module) is not part of it.
+    code = hashlib.sha1(b"".join(Path(__file__).with_name(n).read_bytes()
+                                 for n in ("image_library_build.py", "image_library_labels.py")))
+    inputs = {"format": build.BUILTIN_FORMAT, "code": code.hexdigest()[:12], "emoji_pixels": build.EMOJI_PIXELS,
+              "font": [str(font), st.st_size, st.st_mtime_ns] if st else None,
+              "flags": build.FLAG_VERSION if (build.flags_dir(root) / "countries.json").exists() else None,
+              "packages": {d: _version(d) for d in build.SOURCE_PACKAGES}}
+    inputs["key"] = hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    return inputs
+
+
+def find_builtin(root: Path, emoji_font: str | os.PathLike | None = None) -> Path | None:
+    """This environment's finished build in `root` (now held by this process), or None."""
+    target = root / f"builtin-{build_inputs(root, emoji_font)['key']}"
+    return target if hold_build(target) else None
+
+
+def ensure_builtin(root: Path, log: Log | None = None, force: bool = False,
+                   emoji_font: str | os.PathLike | None = None) -> Path:
+    """This environment's build of the bundled library, built first if needed (once, even across
+    processes), and held by this process. Other builds in `root` that no process holds are collected."""
+    from .image_library_build import build_builtin, flags_dir
+
+    inputs = build_inputs(root, emoji_font)
+    target = root / f"builtin-{inputs['key']}"
+    if not force and hold_build(target):
+        return target
+    with library_lock(root):
+        if not force and hold_build(target):
+            return target                     # another process built it while we waited
+        for stale in root.glob(".building-*"):    # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = root / f".building-{inputs['key']}-{os.getpid()}"
+        build_builtin(tmp, inputs, flags_dir(root), log or (lambda msg: None))
+        if target.exists():
+            _replace_files(tmp, target)       # a forced rebuild: same key, so the same file names
+        else:
+            os.rename(tmp, target)            # the build appears whole or not at all
+        hold_build(target)
+        collect_builds(root, keep=target)
+    return target
+
+
+def hold_build(folder: Path) -> bool:
+    """Mark `folder` as in use by this process until it exits; False when it is not a finished build.
+    A folder we cannot write to gets no hold (taken as a read-only cache, where nobody collects)."""
+    real = folder.resolve()
+    with _HELD_LOCK:
+        if str(real) in _HELD:
+            return True                       # our hold keeps it on disk
         try:
-            import fcntl
-        except ImportError:             # Windows: no advisory locks; single-writer use only
-            yield
-            return
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            with FileLock(real.parent / ".gc.lock"):
+                if not (real / "BUILD.json").is_file():
+                    return False
+                holders = real / ".holders"
+                holders.mkdir(exist_ok=True)
+                _sweep_holders(real)          # the lock files of processes that have exited
+                hold = FileLock(holders / f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.lock",
+                                thread_local=False)
+                hold.acquire(timeout=0)       # a fresh name: nobody else can hold it
+        except (OSError, Timeout) as exc:
+            log.debug("image library: no hold on %s (%s)", folder, exc)
+            return (real / "BUILD.json").is_file()
+        _HELD[str(real)] = hold
+        return True
+
+
+def collect_builds(root: Path, keep: Path) -> list[Path]:
+    """Delete the builds in `root` other than `keep` that no live process holds; returns them."""
+    removed = []
+    with FileLock(root / ".gc.lock"):
+        for trash in root.glob(".trash-*"):        # left by a collection that was killed
+            shutil.rmtree(trash, ignore_errors=True)
+        for old in sorted(root.glob("builtin-*")):
+            if old == keep or old.is_symlink() or not old.is_dir() or _sweep_holders(old):
+                continue
+            trash = root / f".trash-{old.name}-{os.getpid()}"
+            os.rename(old, trash)                  # gone from its name at once, then removed
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(old)
+    return removed
+
+
+def _sweep_holders(folder: Path) -> bool:
+    """Remove the lock files under `folder/.holders/` whose process has exited (their lock can be
+    taken); True while any process, this one included, still holds one. Call under `.gc.lock`."""
+    holders = folder / ".holders"
+    live = False
+    for path in sorted(holders.glob("*.lock")) if holders.is_dir() else []:
+        probe = FileLock(path, thread_local=False)
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            probe.acquire(timeout=0)
+        except Timeout:
+            live = True
+            continue
+        except OSError:
+            return True                            # cannot tell: keep it
+        probe.release()
+        path.unlink(missing_ok=True)                # its process has exited
+    return live
+
+
+def _replace_files(new: Path, target: Path) -> None:
+    """Move every file of `new` over its namesake in `target`, each by one atomic rename, so a reader
+    never finds a path missing; BUILD.json goes last. `new` is removed."""
+    files = sorted((p for p in new.rglob("*") if p.is_file()), key=lambda p: p.name == "BUILD.json")
+    for src in files:
+        dst = target / src.relative_to(new)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    shutil.rmtree(new, ignore_errors=True)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # ----------------------------------------------------------------------------- ranking
 
 class TextIndex:
-    """BM25F over title / labels / caption; each (term, entry) weight is computed once.
-
-    Postings are numpy arrays, so a query costs a few vector additions however common its
-    words are ("man", "skin" and "flag" each reach hundreds of entries).
-    """
+    """The library's BM25F index over title / labels / caption (`text_index.BM25FIndex`), with this
+    collection's priors, weighted synonyms and exact-title bonus on top."""
 
     def __init__(self, entries: list[LibraryImage], synonyms: dict[str, list[str]] | None = None):
         self.entries = entries
         self.synonyms = synonyms or {}
         # Title and labels are names: a word counts once there however many aliases repeat it.
-        tokens = {"title": [_distinct(tokenize(e.title)) for e in entries],
-                  "labels": [_distinct(tokenize(" ; ".join(e.labels))) for e in entries],
-                  "caption": [tokenize(e.caption) for e in entries]}
-        avg = {f: max(1.0, sum(map(len, ts)) / max(1, len(ts))) for f, ts in tokens.items()}
-        rows: dict[str, tuple[list[int], list[float]]] = {}
-        for i in range(len(entries)):
-            tf: dict[str, float] = {}
-            for f in FIELD_BOOST:
-                toks = tokens[f][i]
-                norm = FIELD_BOOST[f] / (1 - FIELD_B[f] + FIELD_B[f] * len(toks) / avg[f])
-                for t in toks:
-                    tf[t] = tf.get(t, 0.0) + norm
-            for t, v in tf.items():
-                docs, tfs = rows.setdefault(t, ([], []))
-                docs.append(i)
-                tfs.append(v)
-        n = len(entries)
-        self.postings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for t, (docs, tfs) in rows.items():
-            idf = math.log(1 + (n - len(docs) + 0.5) / (len(docs) + 0.5))
-            v = np.asarray(tfs, dtype=np.float64)
-            self.postings[t] = (np.asarray(docs, dtype=np.int32), idf * v * (K1 + 1) / (v + K1))
+        self.bm25 = BM25FIndex.build({"title": [_distinct(tokenize(e.title)) for e in entries],
+                                      "labels": [_distinct(tokenize(" ; ".join(e.labels))) for e in entries],
+                                      "caption": [tokenize(e.caption) for e in entries]},
+                                     FIELD_BOOST, FIELD_B, K1, dtype=np.float64)
         self.prior = np.asarray([self._prior(e) for e in entries], dtype=np.float64)
         # For the exact-title bonus: which entries have each word in their title, and how many words.
         title_words = [_distinct(tokenize(_KIND_SUFFIX.sub("", e.title))) for e in entries]
@@ -231,9 +365,10 @@ class TextIndex:
         title_hits = np.zeros(n, dtype=np.int32)
         typed = 0
         for t, w in terms.items():
-            if t not in self.postings:
+            hit = self.bm25.postings(t)
+            if hit is None:
                 continue
-            docs, weights = self.postings[t]
+            docs, weights = hit
             scores[docs] += w * weights
             if w == 1.0:
                 matched[docs] += 1
@@ -263,9 +398,10 @@ class ImageLibrary:
     """The bundled images plus every added user folder, searchable as one collection."""
 
     def __init__(self, root: str | os.PathLike | None = None, include_builtin: bool = True,
-                 include_user: bool = True, build: bool = True):
+                 include_user: bool = True, build: bool = True, emoji_font: str | os.PathLike | None = None):
         self.root = (Path(root).expanduser() if root else default_library_dir()).absolute()
         self.include_builtin, self.include_user, self.build = include_builtin, include_user, build
+        self.emoji_font = emoji_font
         self.builtin_dir: Path | None = None
         self._index: TextIndex | None = None
         self._user_stamp: tuple[int, int] | None = None
@@ -289,13 +425,12 @@ class ImageLibrary:
             return self._index
 
     def _load(self) -> TextIndex:
-        from .image_library_build import ensure_builtin, find_builtin
-
         entries: list[LibraryImage] = []
         synonyms: dict[str, list[str]] = {}
         base_of: dict[str, Path] = {}
         if self.include_builtin:
-            self.builtin_dir = ensure_builtin(self.root) if self.build else find_builtin(self.root)
+            self.builtin_dir = (ensure_builtin(self.root, emoji_font=self.emoji_font) if self.build
+                                else find_builtin(self.root, self.emoji_font))
             if self.builtin_dir is None:
                 raise LibraryError(f"{self.root}: the bundled image library is not built "
                                    "(run `genevolve images build`)")
@@ -339,9 +474,11 @@ class ImageLibraryBackend(ImageSearchBackend):
     name = "offline"
 
     def __init__(self, library_dir: str | os.PathLike | None = None, include_builtin: bool | str = True,
-                 include_user: bool | str = True, build: bool | str = True):
-        self.library = ImageLibrary(library_dir, include_builtin=_flag(include_builtin),
-                                    include_user=_flag(include_user), build=_flag(build))
+                 include_user: bool | str = True, build: bool | str = True,
+                 emoji_font: str | os.PathLike | None = None):
+        self.library = ImageLibrary(library_dir, include_builtin=parse_bool(include_builtin, "include_builtin"),
+                                    include_user=parse_bool(include_user, "include_user"),
+                                    build=parse_bool(build, "build"), emoji_font=emoji_font)
 
     async def search_images(self, query: str, top_k: int) -> list[ImageHit]:
         # In a worker thread: the first call may build the library, a later one reload it.
@@ -360,10 +497,3 @@ def tokenize(text: str) -> list[str]:
 
 def _distinct(tokens: list[str]) -> list[str]:
     return list(dict.fromkeys(tokens))
-
-
-def _flag(value: bool | str) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off", "")
-    return bool(value)
-

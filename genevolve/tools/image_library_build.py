@@ -1,5 +1,8 @@
 """Building the bundled part of the image library (names: image_library_labels.py; user folders:
-image_library_user.py).
+image_library_user.py; where builds live and who holds them: image_library.py).
+
+This file and image_library_labels.py are hashed into a build's key: what is here decides what a
+build holds.
 
 About 3,900 images, built once into `images/builtin-<key>/`:
 
@@ -18,10 +21,7 @@ About 3,900 images, built once into `images/builtin-<key>/`:
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -35,15 +35,15 @@ from PIL import Image
 
 from ..jsonio import atomic_write_json
 from .image_library import LibraryImage, library_lock, write_manifest
+# Where builds live, their keys and who holds them are in image_library.py, outside the code hash
+# that keys a build; these names stay importable from here for the CLI.
+from .image_library import build_inputs, ensure_builtin, find_builtin, find_emoji_font  # noqa: F401
 from .image_library_labels import VS16, Namer, bundled_photos, emoji_data
 
 BUILTIN_FORMAT = 1                 # the layout of a build folder and its manifest
 EMOJI_PIXELS = 256
 BUILD_WORKERS = 4
 SOURCE_PACKAGES = ("emoji", "pycountry", "countryinfo", "scikit-image", "matplotlib", "fonttools")
-FONT_CANDIDATES = ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
-                   "/usr/share/fonts/noto/NotoColorEmoji.ttf",
-                   "/usr/share/fonts/google-noto-emoji/NotoColorEmoji.ttf")
 NOTO_LICENSE = "Noto Color Emoji (font: SIL OFL 1.1; artwork: Apache-2.0)"
 FLAG_PACKAGE, FLAG_VERSION = "svg-country-flags", "1.2.10"
 FLAG_LICENSE = "public domain (svg-country-flags 1.2.10, renders of Wikipedia's flag files)"
@@ -51,70 +51,8 @@ FLAG_LICENSE = "public domain (svg-country-flags 1.2.10, renders of Wikipedia's 
 Log = Callable[[str], None]
 
 
-def find_emoji_font() -> Path | None:
-    explicit = os.environ.get("GENEVOLVE_EMOJI_FONT")
-    if explicit:
-        return Path(explicit)
-    for candidate in FONT_CANDIDATES:
-        if os.path.isfile(candidate):
-            return Path(candidate)
-    fonts = Path("/usr/share/fonts")
-    hits = sorted(fonts.rglob("NotoColorEmoji.ttf")) if fonts.is_dir() else []
-    return hits[0] if hits else None
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def flags_dir(root: Path) -> Path:
     return root / "vendor" / f"{FLAG_PACKAGE}-{FLAG_VERSION}"
-
-
-def build_inputs(root: Path) -> dict[str, Any]:
-    """Everything the bundled library depends on; its hash names the build folder."""
-    font = find_emoji_font()
-    st = font.stat() if font and font.exists() else None
-    # The hash of the build and label code stands in for the format number between releases:
-    # any change to names, captions or image processing leads to a fresh build.
-    code = hashlib.sha1(b"".join(Path(__file__).with_name(n).read_bytes()
-                                 for n in ("image_library_build.py", "image_library_labels.py")))
-    inputs = {"format": BUILTIN_FORMAT, "code": code.hexdigest()[:12], "emoji_pixels": EMOJI_PIXELS,
-              "font": [str(font), st.st_size, st.st_mtime_ns] if st else None,
-              "flags": FLAG_VERSION if (flags_dir(root) / "countries.json").exists() else None,
-              "packages": {d: _version(d) for d in SOURCE_PACKAGES}}
-    inputs["key"] = hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
-    return inputs
-
-
-def find_builtin(root: Path) -> Path | None:
-    target = root / f"builtin-{build_inputs(root)['key']}"
-    return target if (target / "BUILD.json").exists() else None
-
-
-def ensure_builtin(root: Path, log: Log | None = None, force: bool = False) -> Path:
-    """The bundled library's folder, built first if needed (once, even across processes)."""
-    inputs = build_inputs(root)
-    target = root / f"builtin-{inputs['key']}"
-    if (target / "BUILD.json").exists() and not force:
-        return target
-    with library_lock(root):
-        if (target / "BUILD.json").exists() and not force:
-            return target                     # another process built it while we waited
-        for stale in root.glob(".building-*"):    # left by a killed build; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = root / f".building-{inputs['key']}-{os.getpid()}"
-        build_builtin(tmp, inputs, flags_dir(root), log or (lambda msg: None))
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)                # the build appears whole or not at all
-        for old in root.glob("builtin-*"):
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def build_builtin(dest: Path, inputs: dict[str, Any], flags: Path, log: Log) -> None:
@@ -123,7 +61,7 @@ def build_builtin(dest: Path, inputs: dict[str, Any], flags: Path, log: Log) -> 
         (dest / "files" / sub).mkdir(parents=True, exist_ok=True)
     namer = Namer()
     entries: list[LibraryImage] = []
-    font = find_emoji_font()
+    font = Path(inputs["font"][0]) if inputs["font"] else None
     if font is None:
         log("warning: NotoColorEmoji.ttf not found (install Debian fonts-noto-color-emoji); "
             "the library will hold photos only")

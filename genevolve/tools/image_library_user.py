@@ -12,9 +12,12 @@ keywords / page_url), text embedded in the file (EXIF ImageDescription, UserComm
 XPTitle / XPSubject / XPComment / XPKeywords; PNG Title / Description / Comment / Keywords),
 and optionally OCR'd text (`ocr=True`, rapidocr-onnxruntime; about a second per image on CPU).
 
-Every file is fully decoded before it is indexed. Corrupt or truncated files, non-images with
-an image suffix, unreadable files and decompression bombs (more pixels than `max_pixels`, or
-Pillow's own bomb check) are skipped with a one-line reason naming the file.
+Every file is fully decoded before it is indexed, with at most `max_pixels` pixels (default
+DEFAULT_MAX_PIXELS, 64 megapixels): a JPEG is decoded at a reduced scale (Pillow's draft, 1/2 to
+1/8) to about DECODE_BOX, so a larger JPEG is still read when its reduced size fits; any other
+format over the cap is refused before its pixels are read. Corrupt or truncated files, non-images
+with an image suffix, unreadable files and images over the cap (or over Pillow's own bomb check)
+are skipped with a one-line reason naming the file.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ from typing import Any, Callable, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from ..ocr import OCRUnavailable, ocr_engine, read_text
 from .image_library import (LibraryError, LibraryImage, default_library_dir, library_lock, read_manifest,
                             user_manifest_path, write_manifest)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 SIDECAR_SUFFIXES = (".txt", ".json")
-DEFAULT_MAX_PIXELS = 64_000_000     # larger images are refused as possible decompression bombs
-DECODE_BOX = (2048, 2048)           # JPEGs are decoded at about this size: enough to check and OCR
+DEFAULT_MAX_PIXELS = 64_000_000     # more decoded pixels than this are refused as a possible bomb
+                                    # (the same cap as generators/imageio.MAX_IMAGE_PIXELS)
+DECODE_BOX = (2048, 2048)           # JPEGs are decoded at about this size: enough to check, judge and OCR
 MAX_CAPTION_CHARS = 4000
 OCR_MIN_SCORE = 0.5
 # File names that say nothing about the picture (IMG_2043, DSC00012, 20240101_101500, ...).
@@ -77,7 +82,11 @@ def add_folder(root: str | os.PathLike | None, folder: str | os.PathLike, name: 
     report = AddReport(collection=name or base.name, folder=str(base))
     manifest = user_manifest_path(root)
     before = {e.id: e for e in read_manifest(manifest)}
-    engine = _ocr_engine() if ocr else None
+    if ocr:
+        try:
+            ocr_engine()                 # loaded now: a missing package fails before any work
+        except OCRUnavailable:
+            raise LibraryError("--ocr needs the rapidocr-onnxruntime package") from None
     fresh: dict[str, LibraryImage] = {}
     for path, sidecars in _walk_folder(base, report):
         ident = "user-" + hashlib.sha1(str(path).encode("utf-8")).hexdigest()[:16]
@@ -95,7 +104,7 @@ def add_folder(root: str | os.PathLike | None, folder: str | os.PathLike, name: 
             report.unchanged += 1
             continue
         try:
-            entry = _index_image(path, sidecars, base, report, engine, max_pixels)
+            entry = _index_image(path, sidecars, base, report, ocr, max_pixels)
         except ValueError as exc:
             report.skipped.append((str(path), str(exc)))
             say(f"skipped {path}: {exc}")
@@ -144,12 +153,12 @@ def _walk_folder(base: Path, report: AddReport) -> Iterator[tuple[Path, list[Pat
         report.ignored += len(names - images - claimed)
 
 
-def _index_image(path: Path, sidecars: list[Path], base: Path, report: AddReport, engine: Any,
+def _index_image(path: Path, sidecars: list[Path], base: Path, report: AddReport, ocr: bool,
                  max_pixels: int) -> LibraryImage:
     with open_checked(path, max_pixels) as im:
         width, height = im.info["full_size"]
         meta = _embedded_text(im)
-        ocr_text = _ocr(engine, im) if engine else ""
+        ocr_text = _ocr(im) if ocr else ""
     side = _read_sidecars(sidecars, report)
     captions = [side.get("caption", ""), *meta["captions"]]
     if ocr_text:
@@ -166,32 +175,41 @@ def _index_image(path: Path, sidecars: list[Path], base: Path, report: AddReport
     return LibraryImage(id="", title=title, path=str(path), source=f"user:{report.collection}",
                         width=width, height=height, labels=[x for x in dict.fromkeys(labels) if x],
                         caption=caption, collection=report.collection, page_url=side.get("page_url"),
-                        ocr=engine is not None)
+                        ocr=ocr)
 
 
-def open_checked(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open and fully decode an image, refusing huge ones before their pixels are read.
+def open_checked(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 draft_box: tuple[int, int] = DECODE_BOX) -> Image.Image:
+    """Open and fully decode an image, refusing one with more than `max_pixels` decoded pixels
+    before its pixels are read (see the module docstring; the offline judge reads through here too).
 
-    The true size is kept in `im.info["full_size"]` (JPEGs are decoded at a reduced size).
+    A JPEG is decoded at a reduced scale (1/2, 1/4 or 1/8) when it is larger than `draft_box`, and
+    at least as reduced as it takes to fit the cap. The true size is kept in `im.info["full_size"]`.
     Raises ValueError with a one-line reason for anything that is not a usable image.
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our cap decides. Pillow's warning (at 89 megapixels) would refuse a JPEG that draft
+            # makes small; its error (at twice that) still applies: the header alone is suspect then.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
             try:
                 w, h = im.size
-                if w * h > max_pixels:
+                box = draft_box
+                if w * h > max_pixels:               # ask for a scale at which it fits, if one does
+                    d = next((d for d in (2, 4, 8) if -(-w // d) * -(-h // d) <= max_pixels), 8)
+                    box = (max(1, min(box[0], w // d)), max(1, min(box[1], h // d)))
+                im.draft("RGB", box)                 # JPEG only: a no-op for every other format
+                if im.width * im.height > max_pixels:
                     raise ValueError(f"too large: {w}x{h} = {w * h / 1e6:,.0f} megapixels (limit "
                                      f"{max_pixels / 1e6:,.0f}; a possible decompression bomb)")
-                im.draft("RGB", DECODE_BOX)
                 im.load()
             except BaseException:
                 im.close()
                 raise
             im.info["full_size"] = (w, h)
             return im
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ValueError(f"too large (decompression bomb guard): {exc}") from None
     except UnidentifiedImageError:
         raise ValueError("not an image file Pillow can read") from None
@@ -292,17 +310,8 @@ def _decode_user_comment(value: Any) -> str:
     return body.decode("utf-8", "replace").strip("\x00 ")
 
 
-def _ocr_engine() -> Any:
-    try:
-        from rapidocr_onnxruntime import RapidOCR
-    except ImportError:
-        raise LibraryError("--ocr needs the rapidocr-onnxruntime package") from None
-    return RapidOCR()
-
-
-def _ocr(engine: Any, im: Image.Image) -> str:
+def _ocr(im: Image.Image) -> str:
     import numpy as np
 
     rgb = np.asarray(im.convert("RGB"))
-    result, _ = engine(np.ascontiguousarray(rgb[:, :, ::-1]))      # the engine expects BGR order
-    return " ".join(text for _, text, score in (result or []) if float(score) >= OCR_MIN_SCORE)
+    return " ".join(text for text, score, _ in read_text(rgb[:, :, ::-1]) if score >= OCR_MIN_SCORE)

