@@ -49,8 +49,8 @@ async def run_suite(max_bytes: int, out_dir: Path) -> list[dict]:
     rows = []
     with FakeServer() as internal, ImageHostFake(internal_url=internal.url + "/secret") as host:
         guarded = SafeDownloader(out_dir=out_dir, max_bytes=max_bytes, allow_hosts=[host.host_port],
-                                 per_host_interval=0, reuse=False)
-        unlisted = SafeDownloader(out_dir=out_dir, max_bytes=max_bytes, per_host_interval=0, reuse=False)
+                                 reuse=False)
+        unlisted = SafeDownloader(out_dir=out_dir, max_bytes=max_bytes, reuse=False)
         plan = [(name, host.url + path, keep, guarded) for name, path, keep in CASES]
         plan.append(("good JPEG, host not allow-listed", host.url + "/good.jpg", False, unlisted))
         for name, url, keep, downloader in plan:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import hashlib
 import ipaddress
 import shutil
 import ssl
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from PIL import Image
 
 from fakes import FakeServer, make_self_signed_cert
 from fakes.image_host import GOOD_SIZE, ImageHostFake
-from genevolve.tools.download import (DEFAULT_MAX_BYTES, Download, DownloadRejected, Reason, SafeDownloader,
-                                      address_problem, sniff_image_format)
+from genevolve.tools.download import (DEFAULT_MAX_BYTES, DEFAULT_PER_HOST_CONCURRENCY, Download, DownloadRejected,
+                                      Reason, SafeDownloader, address_problem, sniff_image_format)
 
 MB = 1024 * 1024
 CAP = 4 * MB
@@ -40,7 +42,7 @@ def out_dir(tmp_path: Path) -> Path:
 
 
 def make(host: ImageHostFake, out_dir: Path, **kw) -> SafeDownloader:
-    options = {"allow_hosts": [host.host_port], "per_host_interval": 0, "max_bytes": CAP, "reuse": False}
+    options = {"allow_hosts": [host.host_port], "max_bytes": CAP, "reuse": False}
     return SafeDownloader(out_dir=out_dir, **{**options, **kw})
 
 
@@ -136,8 +138,102 @@ def test_the_redirect_hop_is_vetted_even_when_the_first_hop_is_allowed(host, int
     assert [r.path for r in internal.requests] == ["/secret"]
 
 
+# Redirect targets an allowed image host can send us to (the host is allowed by name and port; its
+# redirect points elsewhere). `{internal}` is the port of another loopback service that stands for
+# our own network: no case may reach it. Names ending in .test resolve as the table in `ssrf_resolver`.
+SSRF_REDIRECTS = [
+    ("file:///etc/passwd", Reason.UNSUPPORTED_SCHEME),
+    ("ftp://example.org/a.jpg", Reason.UNSUPPORTED_SCHEME),
+    ("gopher://127.0.0.1:{internal}/_x", Reason.UNSUPPORTED_SCHEME),
+    ("http://internal.test:{internal}/secret", Reason.BLOCKED_ADDRESS),       # a name for loopback
+    ("http://intranet.test/secret", Reason.BLOCKED_ADDRESS),                  # a name for 10.0.0.5
+    ("http://rebind.test:{internal}/secret", Reason.BLOCKED_ADDRESS),         # public and private at once
+    ("http://[::1]:{internal}/secret", Reason.BLOCKED_ADDRESS),
+    ("http://[fe80::1]/secret", Reason.BLOCKED_ADDRESS),
+    ("http://[fd12:3456:789a::1]/secret", Reason.BLOCKED_ADDRESS),
+    ("http://[::ffff:127.0.0.1]:{internal}/secret", Reason.BLOCKED_ADDRESS),  # IPv4-mapped loopback
+    ("http://v6-loopback.test:{internal}/secret", Reason.BLOCKED_ADDRESS),
+    ("http://v6-ula.test/secret", Reason.BLOCKED_ADDRESS),
+    ("http://v6-linklocal.test/secret", Reason.BLOCKED_ADDRESS),
+    ("http://v6-mapped.test:{internal}/secret", Reason.BLOCKED_ADDRESS),
+    ("http://metadata.test/latest/meta-data/", Reason.BLOCKED_ADDRESS),
+    ("//127.0.0.1:{internal}/secret", Reason.BLOCKED_ADDRESS),                # scheme-relative, other port
+    ("//internal.test:{internal}/secret", Reason.BLOCKED_ADDRESS),
+    ("http://localhost:{internal}/secret", Reason.BLOCKED_ADDRESS),
+    ("http://127.0.0.1.:{internal}/secret", Reason.BLOCKED_ADDRESS),          # trailing dot
+    ("http://user:pw@example.org/a.jpg", Reason.INVALID_URL),
+    ("http:127.0.0.1:{internal}/secret", Reason.BAD_REDIRECT),               # scheme, no slashes
+    ("http://[::1", None),                                                     # unparsable: any refusal
+]
+
+
+async def table_resolver(host: str, port: int) -> list[str]:
+    """Test names from a table; an address literal as itself; localhost as loopback."""
+    table = {"localhost": ["127.0.0.1", "::1"], "internal.test": ["127.0.0.1"], "intranet.test": ["10.0.0.5"],
+             "rebind.test": ["93.184.216.34", "127.0.0.1"], "v6-loopback.test": ["::1"],
+             "v6-ula.test": ["fd00::5"], "v6-linklocal.test": ["fe80::1%1"], "v6-mapped.test": ["::ffff:127.0.0.1"],
+             "metadata.test": ["169.254.169.254"]}
+    if host in table:
+        return table[host]
+    ipaddress.ip_address(host.split("%", 1)[0])            # raises ValueError for an unknown name
+    return [host]
+
+
+def redirect_url(host: ImageHostFake, target: str, status: int = 302) -> str:
+    return f"{host.url}/redirect?to={quote(target, safe='')}&status={status}"
+
+
+@pytest.mark.parametrize("target, reason", SSRF_REDIRECTS, ids=[t for t, _ in SSRF_REDIRECTS])
+def test_a_redirect_from_an_allowed_host_cannot_reach_elsewhere(host, internal, out_dir, target, reason):
+    target = target.format(internal=internal.port)
+    downloader = make(host, out_dir, resolver=table_resolver)
+    result = fetch(downloader, redirect_url(host, target))
+    assert isinstance(result, DownloadRejected), result
+    assert reason is None or result.reason == reason, result.message
+    if "::ffff:127.0.0.1" in target:          # judged as the IPv4 address it carries
+        assert "loopback address" in result.message
+    assert internal.requests == [] and stored_files(out_dir) == []
+    assert [r.path for r in host.requests] == ["/redirect"]          # nothing else was fetched either
+
+
+@pytest.mark.parametrize("status", [301, 303, 307, 308])
+def test_every_redirect_status_is_vetted(host, internal, out_dir, status):
+    target = f"http://internal.test:{internal.port}/secret"
+    result = fetch(make(host, out_dir, resolver=table_resolver), redirect_url(host, target, status))
+    assert isinstance(result, DownloadRejected) and result.reason == Reason.BLOCKED_ADDRESS
+    assert internal.requests == []
+
+
+def test_hostile_redirects_with_the_system_resolver(host, internal, out_dir):
+    """Numeric spellings of loopback that only a resolver turns into an address."""
+    for target in (f"http://2130706433:{internal.port}/secret", f"http://0x7f.1:{internal.port}/secret",
+                   f"http://LOCALHOST:{internal.port}/secret"):
+        result = fetch(make(host, out_dir), redirect_url(host, target))
+        assert isinstance(result, DownloadRejected) and result.reason in (Reason.BLOCKED_ADDRESS, Reason.DNS_ERROR), \
+            (target, result)
+    assert internal.requests == []
+
+
+@pytest.mark.parametrize("target", ["/good.jpg", "good.jpg", "../good.jpg", "./good.jpg?x=1",
+                                    "{host}/good.jpg"])
+def test_relative_redirects_stay_on_the_allowed_host(host, internal, out_dir, target):
+    result = fetch(make(host, out_dir), redirect_url(host, target.format(host=host.url)))
+    assert isinstance(result, Download), result
+    assert result.final_url.startswith(host.url + "/good.jpg")
+    assert internal.requests == []
+
+
+@pytest.mark.parametrize("target", ["/\\127.0.0.1:{internal}/secret", "\\\\127.0.0.1:{internal}/secret",
+                                    "http:/127.0.0.1:{internal}/secret"])
+def test_backslash_and_malformed_relative_redirects_are_paths_on_the_same_host(host, internal, out_dir, target):
+    """Browsers read some of these as another host; here they are paths on the allowed host (404)."""
+    result = fetch(make(host, out_dir), redirect_url(host, target.format(internal=internal.port)))
+    assert isinstance(result, DownloadRejected) and result.reason == Reason.HTTP_ERROR, result
+    assert internal.requests == [] and len(host.requests) == 2
+
+
 def test_loopback_is_refused_without_the_allow_list(host, out_dir):
-    result = fetch(SafeDownloader(out_dir=out_dir, per_host_interval=0), host.url + "/good.jpg")
+    result = fetch(SafeDownloader(out_dir=out_dir), host.url + "/good.jpg")
     assert isinstance(result, DownloadRejected) and result.reason == Reason.BLOCKED_ADDRESS
     assert "127.0.0.1 is a loopback address" in result.message and f"'{host.host_port}'" in result.message
     assert host.requests == []                        # refused before connecting
@@ -149,7 +245,7 @@ def test_the_allow_list_is_per_port(host, internal, out_dir):
 
 
 def test_allow_private_opens_loopback_but_never_metadata(host, out_dir):
-    downloader = SafeDownloader(out_dir=out_dir, allow_private=True, per_host_interval=0, reuse=False)
+    downloader = SafeDownloader(out_dir=out_dir, allow_private=True, reuse=False)
     good, metadata = asyncio.run(fetch_all(downloader, [host.url + "/good.png", host.url + "/redirect-metadata"]))
     assert isinstance(good, Download)
     assert metadata.reason == Reason.BLOCKED_ADDRESS and "cloud metadata" in metadata.message
@@ -244,12 +340,56 @@ def test_concurrent_downloads_are_bounded(host, out_dir):
     assert host.max_in_flight == 2
 
 
-def test_requests_to_one_host_are_spaced_out(host, out_dir):
+def test_one_host_gets_its_limit_of_downloads_side_by_side_not_one_after_another(host, out_dir):
+    urls = [f"{host.url}/slow.jpg?n={i}" for i in range(8)]
+    results = asyncio.run(fetch_all(make(host, out_dir), urls))        # the defaults
+    assert all(isinstance(r, Download) for r in results)
+    assert host.max_in_flight == DEFAULT_PER_HOST_CONCURRENCY > 1
+    host.max_in_flight = 0
+    asyncio.run(fetch_all(make(host, out_dir, per_host_concurrency=2), urls))
+    assert host.max_in_flight == 2
+
+
+async def resolve_test_names(host: str, port: int) -> list[str]:
+    """*.test names on loopback (as two sites on one machine would be); anything else as itself."""
+    return ["127.0.0.1"] if host.endswith(".test") else [host]
+
+
+def test_the_per_host_concurrency_counts_by_name_and_spares_other_hosts(host, out_dir):
+    downloader = make(host, out_dir, per_host_concurrency=1, allow_hosts=["a.test", "b.test"],
+                      resolver=resolve_test_names)
+    urls = [f"http://a.test:{host.port}/slow.jpg?n={i}" for i in range(3)] + [f"http://b.test:{host.port}/good.jpg"]
+    results = asyncio.run(fetch_all(downloader, urls))
+    assert all(isinstance(r, Download) for r in results)
+    assert host.max_in_flight == 2                                    # one per name
+    order = [r.headers["host"].split(":")[0] for r in host.requests]
+    assert order.index("b.test") < 2, order                            # b did not queue behind a's line
+
+
+def test_requests_to_one_host_are_spaced_out_by_the_rate(host, out_dir, monkeypatch):
+    """The start times the downloader hands out are 1/rate apart (checked on the times it plans,
+    not on arrival times, which carry the machine's load)."""
+    planned: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(seconds: float) -> None:
+        if sys._getframe(1).f_code.co_name == "_slot":        # the downloader's rate wait only
+            planned.append(asyncio.get_running_loop().time() + seconds)
+        await real_sleep(seconds)
+    monkeypatch.setattr("genevolve.tools.download.asyncio.sleep", recording_sleep)
     urls = [f"{host.url}/good.png?n={i}" for i in range(3)]
-    asyncio.run(fetch_all(make(host, out_dir, per_host_interval=0.3), urls))
-    times = sorted(r.time for r in host.requests)
-    # The interval separates our sends; arrival times also carry connection set-up jitter.
-    assert all(b - a >= 0.25 for a, b in zip(times, times[1:])), times
+    results = asyncio.run(fetch_all(make(host, out_dir, per_host_rate=1 / 0.3), urls))
+    assert all(isinstance(r, Download) for r in results) and len(host.requests) == 3
+    assert len(planned) == 2 and planned[1] - planned[0] == pytest.approx(0.3, abs=0.01)
+
+
+def test_a_host_waiting_for_its_rate_does_not_hold_up_other_hosts(host, out_dir):
+    downloader = make(host, out_dir, per_host_rate=2.0, allow_hosts=["a.test", "b.test"],
+                      resolver=resolve_test_names)
+    urls = [f"http://a.test:{host.port}/good.png?n={i}" for i in range(3)] + [f"http://b.test:{host.port}/good.jpg"]
+    asyncio.run(fetch_all(downloader, urls))
+    order = [r.headers["host"].split(":")[0] for r in host.requests]
+    assert order.index("b.test") < 2, order                            # b went while a's second waited
 
 
 def test_a_slow_host_times_out(out_dir):
@@ -300,3 +440,8 @@ def test_sniffing_and_defaults():
     assert DEFAULT_MAX_BYTES == 20 * MB
     with pytest.raises(ValueError):
         SafeDownloader(max_bytes=0)
+    with pytest.raises(ValueError, match="per_host_concurrency"):
+        SafeDownloader(per_host_concurrency=0)
+    with pytest.raises(ValueError, match="per_host_rate"):
+        SafeDownloader(per_host_rate=-1)
+    assert SafeDownloader(per_host_rate=0).per_host_rate is None         # 0 = no rate

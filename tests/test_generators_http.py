@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import threading
 import socket
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from PIL import Image
 from fakes import Reply
 from fakes.gemini import GeminiFake, blocked_prompt, error_reply, image_safety
 from fakes.openai_images import OpenAIImagesFake, moderation_blocked, url_only
-from fakes.qwen_service import QwenServiceFake
+from fakes.qwen_service import PUBLISHED_FIELDS, QwenServiceFake, failed_render
 from fakes.qwen_service import error_reply as qwen_error
 from genevolve.cli import main as cli_main
 from genevolve.generators import make_generator
@@ -94,15 +95,14 @@ def test_decode_rejects_bad_base64_and_oversized_images():
 # ----------------------------------------------------------------------------- Gemini
 
 @pytest.fixture
-def gemini(monkeypatch: pytest.MonkeyPatch):
+def gemini():
     with GeminiFake(api_key=GEMINI_KEY) as fake:
-        monkeypatch.setenv("GEMINI_API_KEY", GEMINI_KEY)
-        monkeypatch.setenv("GEMINI_BASE_URL", fake.url)
+        fake.options = {"api_key": GEMINI_KEY, "base_url": fake.url}    # what the CLI passes from the environment
         yield fake
 
 
 def test_gemini_sends_text_then_inline_jpeg_references(gemini: GeminiFake, refs):
-    gen = make_generator("nano-banana-pro", retries=0)
+    gen = make_generator("nano-banana-pro", **gemini.options, retries=0)
     result = asyncio.run(gen.render(program_with(refs), seed=7))
 
     (req,) = gemini.requests
@@ -132,7 +132,7 @@ def test_gemini_sends_text_then_inline_jpeg_references(gemini: GeminiFake, refs)
 
 
 def test_gemini_without_references_is_text_to_image(gemini: GeminiFake):
-    gen = NanoBananaProGenerator(retries=0, model="gemini-2.5-flash-image")
+    gen = NanoBananaProGenerator(**gemini.options, retries=0, model="gemini-2.5-flash-image")
     result = asyncio.run(gen.render(Program("A lighthouse at dusk")))
     body = gemini.requests[0].json()
     assert gemini.requests[0].path.endswith("/gemini-2.5-flash-image:generateContent")
@@ -141,10 +141,10 @@ def test_gemini_without_references_is_text_to_image(gemini: GeminiFake):
     assert result.image.size == (64, 64)
 
 
-def test_gemini_reads_snake_case_inline_data(refs, monkeypatch: pytest.MonkeyPatch):
+def test_gemini_reads_snake_case_inline_data(refs):
     with GeminiFake(api_key=GEMINI_KEY, snake_case=True) as fake:
-        monkeypatch.setenv("GOOGLE_API_KEY", GEMINI_KEY)
-        gen = NanoBananaProGenerator(base_url=fake.url, retries=0, aspect_ratio="16:9", image_size="2K")
+        gen = NanoBananaProGenerator(api_key=GEMINI_KEY, base_url=fake.url, retries=0, aspect_ratio="16:9",
+                                     image_size="2K")
         result = asyncio.run(gen.render(program_with(refs)))
         config = fake.requests[0].json()["generationConfig"]
     assert config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
@@ -155,7 +155,7 @@ def test_gemini_safety_blocks_and_error_payloads_become_clear_errors(gemini: Gem
     path = gemini.path_for("gemini-3-pro-image-preview")
     gemini.queue("POST", path, blocked_prompt(), image_safety(),
                  error_reply(400, "Request contains an invalid argument.", "INVALID_ARGUMENT"))
-    gen = NanoBananaProGenerator(retries=0)
+    gen = NanoBananaProGenerator(**gemini.options, retries=0)
     with pytest.raises(GeneratorError, match=r"no image \(prompt blocked: SAFETY"):
         asyncio.run(gen.render(program_with(refs)))
     with pytest.raises(GeneratorError, match=r"finishReason IMAGE_SAFETY; model said: I can't create") as info:
@@ -165,16 +165,17 @@ def test_gemini_safety_blocks_and_error_payloads_become_clear_errors(gemini: Gem
     assert GEMINI_KEY not in str(info.value)
 
 
-def test_gemini_wrong_key_and_retry_after_429(gemini: GeminiFake, refs, monkeypatch: pytest.MonkeyPatch):
+def test_gemini_wrong_key_and_retry_after_429(gemini: GeminiFake, refs):
     path = gemini.path_for("gemini-3-pro-image-preview")
     gemini.queue("POST", path, Reply.json({"error": {"code": 429, "message": "Resource exhausted",
                                                      "status": "RESOURCE_EXHAUSTED"}}, 429, {"Retry-After": "0"}))
-    result = asyncio.run(NanoBananaProGenerator(retries=2, backoff=0.01).render(program_with(refs)))
+    gen = NanoBananaProGenerator(**gemini.options, retries=2, backoff=0.01)
+    result = asyncio.run(gen.render(program_with(refs)))
     assert result.image.size == (64, 48) and len(gemini.requests) == 2
 
-    monkeypatch.setenv("GEMINI_API_KEY", "AIza-wrong-key")
+    wrong = NanoBananaProGenerator(**{**gemini.options, "api_key": "AIza-wrong-key"}, retries=0)
     with pytest.raises(GeneratorError, match="API key not valid") as info:
-        asyncio.run(NanoBananaProGenerator(retries=0).render(program_with(refs)))
+        asyncio.run(wrong.render(program_with(refs)))
     assert "AIza-wrong-key" not in str(info.value)
 
 
@@ -193,15 +194,14 @@ def test_nearest_aspect_ratio():
 # ----------------------------------------------------------------------------- OpenAI images
 
 @pytest.fixture
-def openai_images(monkeypatch: pytest.MonkeyPatch):
+def openai_images():
     with OpenAIImagesFake(api_key=OPENAI_KEY) as fake:
-        monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
-        monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+        fake.options = {"api_key": OPENAI_KEY, "base_url": fake.url + "/v1"}
         yield fake
 
 
 def test_openai_edits_upload_every_reference_as_multipart(openai_images: OpenAIImagesFake, refs):
-    gen = make_generator("openai-images", size="1536x1024", quality="high", retries=0)
+    gen = make_generator("openai-images", **openai_images.options, size="1536x1024", quality="high", retries=0)
     result = asyncio.run(gen.render(program_with(refs)))
 
     (req,) = openai_images.requests
@@ -224,7 +224,7 @@ def test_openai_edits_upload_every_reference_as_multipart(openai_images: OpenAII
 
 
 def test_openai_without_references_uses_generations(openai_images: OpenAIImagesFake):
-    gen = OpenAIImagesGenerator(retries=0)
+    gen = OpenAIImagesGenerator(**openai_images.options, retries=0)
     result = asyncio.run(gen.render(Program("A bowl of ramen, top view")))
     (req,) = openai_images.requests
     assert req.path == "/v1/images/generations"
@@ -235,7 +235,7 @@ def test_openai_without_references_uses_generations(openai_images: OpenAIImagesF
 def test_openai_refuses_url_replies_and_reports_moderation(openai_images: OpenAIImagesFake, refs):
     openai_images.queue("POST", "/v1/images/edits", url_only(openai_images.url + "/files/out.png"),
                         moderation_blocked())
-    gen = OpenAIImagesGenerator(retries=0)
+    gen = OpenAIImagesGenerator(**openai_images.options, retries=0)
     with pytest.raises(GeneratorError, match="gives a URL instead of b64_json"):
         asyncio.run(gen.render(program_with(refs)))
     assert openai_images.requests_to("/files/out.png") == []          # never fetched
@@ -246,12 +246,13 @@ def test_openai_refuses_url_replies_and_reports_moderation(openai_images: OpenAI
 def test_openai_server_errors_are_retried_then_reported(openai_images: OpenAIImagesFake, refs):
     openai_images.queue("POST", "/v1/images/edits", *[Reply.json({"error": {"message": "overloaded"}}, 500)] * 2)
     with pytest.raises(GeneratorError, match=r"failed after 2 attempts: HTTP 500"):
-        asyncio.run(OpenAIImagesGenerator(retries=1, backoff=0.01).render(program_with(refs)))
+        gen = OpenAIImagesGenerator(**openai_images.options, retries=1, backoff=0.01)
+        asyncio.run(gen.render(program_with(refs)))
     assert len(openai_images.requests) == 2
 
 
 def test_openai_reply_over_the_pixel_limit_is_rejected(openai_images: OpenAIImagesFake, refs):
-    gen = OpenAIImagesGenerator(retries=0, max_image_pixels=1000)
+    gen = OpenAIImagesGenerator(**openai_images.options, retries=0, max_image_pixels=1000)
     with pytest.raises(GeneratorError, match="over the limit of 1000"):
         asyncio.run(gen.render(program_with(refs)))
 
@@ -260,7 +261,7 @@ def test_openai_error_that_echoes_the_key_is_redacted(openai_images: OpenAIImage
     openai_images.queue("POST", "/v1/images/edits", Reply.json(
         {"error": {"message": f"Key {OPENAI_KEY} has no access to gpt-image-1"}}, 403))
     with pytest.raises(GeneratorError, match=r"HTTP 403: Key \[key\] has no access") as info:
-        asyncio.run(OpenAIImagesGenerator(retries=0).render(program_with(refs)))
+        asyncio.run(OpenAIImagesGenerator(**openai_images.options, retries=0).render(program_with(refs)))
     assert OPENAI_KEY not in str(info.value)
 
 
@@ -279,10 +280,36 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def test_service_client_round_robin_and_protocol(refs, monkeypatch: pytest.MonkeyPatch):
+def published_body(**changes) -> dict:
+    """A request as the released client sends it, for probing the fake service directly."""
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(buf, format="PNG")
+    body = {"prompt": "The first reference image at dusk",
+            "image_urls": ["data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()],
+            "seed": 0, "width": 64, "height": 48, "num_inference_steps": 40, "true_cfg_scale": 4.0,
+            "guidance_scale": 1.0, "negative_prompt": " ", "num_images_per_prompt": 1}
+    return {**body, **changes}
+
+
+@pytest.mark.parametrize("field", PUBLISHED_FIELDS)
+def test_the_fake_service_rejects_a_request_missing_any_published_field(field):
+    import httpx
+
+    with QwenServiceFake() as fake:
+        good = httpx.post(fake.url + "/generate", json=published_body())
+        assert good.status_code == 200 and good.json()["success"] is True
+        body = published_body()
+        del body[field]
+        r = httpx.post(fake.url + "/generate", json=body)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field]
+        # our older request shape is not the published one
+        old = {"prompt": "x", "images": [published_body()["image_urls"][0].split(",", 1)[1]], "seed": 0}
+        assert httpx.post(fake.url + "/generate", json=old).status_code == 422
+
+
+def test_service_client_sends_the_published_request_round_robin(refs):
     with QwenServiceFake() as a, QwenServiceFake() as b:
-        monkeypatch.setenv("QWEN_EDIT_URLS", f"{a.url}, {b.url}/")
-        gen = make_generator("qwen-image-edit-service", slots_per_server=2, steps=20)
+        gen = make_generator("qwen-image-edit-service", urls=f"{a.url}, {b.url}/", slots_per_server=2)
         assert gen.urls == [a.url, b.url] and gen.max_concurrency == 4
 
         async def four():
@@ -295,23 +322,59 @@ def test_service_client_round_robin_and_protocol(refs, monkeypatch: pytest.Monke
         urls = {a.url, b.url}
         assert len(a.requests) == 2 and len(b.requests) == 2
         body = a.requests[0].json()
-        assert set(body) == {"prompt", "images", "seed", "num_inference_steps"}
-        assert body["num_inference_steps"] == 20
-        sent = [b64_image(x) for x in body["images"]]
+        assert set(body) == set(PUBLISHED_FIELDS)
+        # the paper's settings; 1024 on the long side at the first reference's 4:3 aspect
+        assert {k: body[k] for k in ("num_inference_steps", "true_cfg_scale", "guidance_scale", "negative_prompt",
+                                     "num_images_per_prompt", "width", "height")} == {
+            "num_inference_steps": 40, "true_cfg_scale": 4.0, "guidance_scale": 1.0, "negative_prompt": " ",
+            "num_images_per_prompt": 1, "width": 1024, "height": 768}
+        assert body["prompt"] == program_with(refs).gen_prompt
+        assert all(u.startswith("data:image/png;base64,") for u in body["image_urls"])
+        sent = [b64_image(u.split(",", 1)[1]) for u in body["image_urls"]]
         assert [(im.format, im.size) for im in sent] == [("PNG", (64, 48)), ("PNG", (30, 60))]
         assert sent[0].convert("RGB").getpixel((0, 0)) == (200, 30, 30)       # lossless upload
         assert a.requests[0].headers.get("x-request-id")
-    assert [r.image.size for r in results] == [(64, 48)] * 4
+    assert [r.image.size for r in results] == [(1024, 768)] * 4
     assert sorted(r.metadata["seed"] for r in results) == [0, 1, 2, 3]
     assert {r.metadata["server"] for r in results} == urls
     assert results[0].metadata["backend"] == "qwen-image-edit-service"
+    assert results[0].metadata["requested_size"] == [1024, 768] and "success" not in results[0].metadata
     assert "request_s" in results[0].metadata["timings"]
+
+
+def test_service_client_size_and_settings_are_options(refs):
+    tall = [refs[1], refs[0]]                                   # a 30x60 first reference
+    with QwenServiceFake() as fake:
+        gen = QwenImageEditServiceGenerator(urls=[fake.url], long_side=64, steps=8, true_cfg_scale=2.5,
+                                            guidance_scale=3.0, negative_prompt="blurry", seed=7)
+        result = asyncio.run(gen.render(program_with(tall)))
+        body = fake.requests[0].json()
+    assert (body["width"], body["height"]) == (32, 64) and result.image.size == (32, 64)
+    assert (body["num_inference_steps"], body["true_cfg_scale"], body["guidance_scale"]) == (8, 2.5, 3.0)
+    assert (body["negative_prompt"], body["seed"]) == ("blurry", 7)
+    with pytest.raises(ValueError, match="long_side"):
+        QwenImageEditServiceGenerator(urls="http://x", long_side=8)
+
+
+def test_service_client_reads_the_image_base64_field_and_tolerates_a_reply_without_success(refs):
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(png, format="PNG")
+    encoded = base64.b64encode(png.getvalue()).decode()
+    with QwenServiceFake() as fake:
+        gen = QwenImageEditServiceGenerator(urls=fake.url, retries=0)
+        fake.queue("POST", "/generate", Reply.json({"success": True, "image_base64": encoded}),
+                   Reply.json({"image": encoded}))              # our service before it said "success"
+        assert asyncio.run(gen.render(program_with(refs))).image.size == (16, 16)
+        assert asyncio.run(gen.render(program_with(refs))).image.size == (16, 16)
+        fake.queue("POST", "/generate", Reply.json({"success": True}))
+        with pytest.raises(GeneratorError, match="no 'image' field"):
+            asyncio.run(gen.render(program_with(refs)))
 
 
 def test_service_client_fails_over_to_a_live_server(refs):
     dead = closed_port_url()
     with QwenServiceFake() as live:
-        gen = QwenImageEditServiceGenerator(urls=[dead, live.url], retries=1, backoff=0.01)
+        gen = QwenImageEditServiceGenerator(urls=[dead, live.url], retries=1, backoff=0.01, long_side=64)
         results = [asyncio.run(gen.render(program_with(refs))) for _ in range(2)]
         assert [r.metadata["server"] for r in results] == [live.url, live.url]
     # the render that tried the dead server first says so
@@ -320,9 +383,23 @@ def test_service_client_fails_over_to_a_live_server(refs):
     assert "ConnectError" in next(f for f in failed_over if f)[0]
 
 
+def test_a_failed_render_reply_moves_on_to_the_next_server(refs):
+    with QwenServiceFake() as a, QwenServiceFake() as b:
+        gen = QwenImageEditServiceGenerator(urls=[a.url, b.url], retries=0, long_side=64)
+        a.queue("POST", "/generate", failed_render("CUDA out of memory"))
+        result = asyncio.run(gen.render(program_with(refs)))        # a fails, b serves
+        assert result.metadata["server"] == b.url
+        assert "service reported a failed render: CUDA out of memory" in result.metadata["failed_over"][0]
+        a.queue("POST", "/generate", failed_render("CUDA out of memory"))
+        b.queue("POST", "/generate", failed_render("the pipeline is not loaded"))
+        with pytest.raises(GeneratorError, match=r"every server failed: .*not loaded.* \| .*CUDA out of memory"):
+            asyncio.run(gen.render(program_with(refs)))             # b first this time (round-robin), then a
+        assert (len(a.requests), len(b.requests)) == (2, 2)         # a failed render is not retried in place
+
+
 def test_service_client_reports_the_servers_message(refs):
     with QwenServiceFake() as fake:
-        gen = QwenImageEditServiceGenerator(urls=fake.url, retries=2, backoff=0.01)
+        gen = QwenImageEditServiceGenerator(urls=fake.url, retries=2, backoff=0.01, long_side=64)
         fake.queue("POST", "/generate", *[qwen_error(500, "CUDA out of memory. Tried to allocate 2.00 GiB")] * 3)
         with pytest.raises(GeneratorError, match=r"after 3 attempts: CUDA out of memory"):
             asyncio.run(gen.render(program_with(refs)))
@@ -331,13 +408,19 @@ def test_service_client_reports_the_servers_message(refs):
         fake.queue("POST", "/generate", qwen_error(503, "the render queue is full", {"Retry-After": "0"}))
         assert asyncio.run(gen.render(program_with(refs))).image.size == (64, 48)    # retried, then served
 
-        fake.queue("POST", "/generate", qwen_error(422, "invalid request: images.0: not a readable image"))
+        fake.queue("POST", "/generate", qwen_error(422, "invalid request: image_urls.0: not a readable image"))
         before = len(fake.requests)
-        with pytest.raises(GeneratorError, match=r"HTTP 422: invalid request: images.0"):
+        with pytest.raises(GeneratorError, match=r"HTTP 422: invalid request: image_urls.0"):
             asyncio.run(gen.render(program_with(refs)))
         assert len(fake.requests) == before + 1                                      # a 4xx is not retried
 
-        fake.queue("POST", "/generate", Reply(200, b'{"image": "%%%"}', {"Content-Type": "application/json"}))
+        fake.queue("POST", "/generate", Reply.json({"detail": [{"loc": ["body", "width"], "msg": "Field required",
+                                                                "type": "missing"}]}, status=422))
+        with pytest.raises(GeneratorError, match=r"HTTP 422: width: Field required"):   # FastAPI's own shape
+            asyncio.run(gen.render(program_with(refs)))
+
+        fake.queue("POST", "/generate", Reply(200, b'{"success": true, "image": "%%%"}',
+                                              {"Content-Type": "application/json"}))
         with pytest.raises(GeneratorError, match="not valid base64"):
             asyncio.run(gen.render(program_with(refs)))
 
@@ -354,7 +437,8 @@ def test_service_client_timeout_and_zero_references(refs):
         assert len(fake.requests) == n                         # refused before any request
 
 
-def test_service_client_needs_urls():
+def test_service_client_needs_urls_and_reads_no_environment(monkeypatch):
+    monkeypatch.setenv("QWEN_EDIT_URLS", "http://127.0.0.1:9")      # the CLI's business, not the library's
     with pytest.raises(ValueError, match="QWEN_EDIT_URLS"):
         QwenImageEditServiceGenerator()
     with pytest.raises(ValueError, match="not an http"):
@@ -385,7 +469,8 @@ def test_render_command_renders_resumes_and_keeps_input_fields(tmp_path: Path, r
     out = tmp_path / "rendered"
     with QwenServiceFake() as fake:
         argv = ["render", "--input", str(results), "--output-dir", str(out), "--backend", "qwen-image-edit-service",
-                "--backend-opt", f"urls={fake.url}", "--backend-opt", "retries=0", "--quiet"]
+                "--backend-opt", f"urls={fake.url}", "--backend-opt", "retries=0", "--backend-opt", "long_side=64",
+                "--quiet"]
         assert cli_main(argv) == 1                          # one row's reference file is missing
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary | {"seconds": 0} == {
@@ -425,16 +510,18 @@ def test_render_command_jsonl_relative_paths_and_parallel_limit(tmp_path: Path, 
              "reference_images": [{"img_id": "IMG_001", "local_path": "cache/IMG_001.png"}]} for i in range(6)]
     (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
     out = tmp_path / "out"
-    with QwenServiceFake(delay=0.3) as a, QwenServiceFake(delay=0.3) as b:
+    together = threading.Barrier(2)         # a render on one service waits for one on the other
+    with QwenServiceFake(rendezvous=together) as a, QwenServiceFake(rendezvous=together) as b:
         code = cli_main(["render", "--input", str(run_dir / "results.jsonl"), "--output-dir", str(out),
                          "--backend", "qwen-image-edit-service", "--backend-opt", f"urls={a.url},{b.url}",
+                         "--backend-opt", "long_side=64",
                          "--parallel", "16", "--quiet"])
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["parallel"] == 2                     # capped at 2 servers x 1 slot
         assert code == 1 and summary["ok"] == 6 and summary["errors"] == 1     # the broken line
         assert len(a.requests) == 3 and len(b.requests) == 3
-        assert a.max_in_flight == 1 and b.max_in_flight == 1                   # one slot per server...
-        assert abs(a.requests[0].time - b.requests[0].time) < 0.3               # ...both busy at once
+        assert a.max_in_flight == 1 and b.max_in_flight == 1                   # one slot per server,
+        # and both busy at once: every render met one on the other service at the rendezvous
     records = json.loads((out / "results.json").read_text())
     assert records[0]["id"] == "line_7" and "not valid JSON" in records[0]["image_status"]
 
@@ -482,11 +569,11 @@ def test_agent_then_render_with_serper_and_the_qwen_service(tmp_path: Path, caps
         monkeypatch.setenv("QWEN_EDIT_URLS", qwen.url)
         assert cli_main(["render", "--input", str(tmp_path / "agent" / "results.json"), "--output-dir",
                          str(tmp_path / "render"), "--backend", "qwen-image-edit-service", "--quiet"]) == 0
-        sent = b64_image(qwen.requests[0].json()["images"][0])
+        sent = b64_image(qwen.requests[0].json()["image_urls"][0].split(",", 1)[1])
         image_url = host.url + "/good.jpg"
     (row,) = json.loads((tmp_path / "render" / "results.json").read_text())
     assert row["id"] == "opera" and row["category"] == "architecture" and row["termination"] == "answer"
     assert row["reference_images"][0]["url"] == image_url
     assert row["image_status"] == "ok"
-    assert Image.open(row["output_path"]).size == (64, 48)                  # 320x240 reference, long side 64
+    assert Image.open(row["output_path"]).size == (1024, 768)               # 320x240 reference, long side 1024
     assert sent.size == GOOD_SIZE                                            # the downloaded picture was sent

@@ -144,6 +144,12 @@ def test_service_validates_requests_with_field_names(tiny_pipe):
         ({"prompt": "x", "images": [good], "height": 50, "width": 64}, {"height"}),
         ({"prompt": "x", "images": [good], "height": 64}, {"body"}),
         ({"prompt": "x", "images": [good], "steps": 3}, {"steps"}),
+        # the released client's shape: errors name its fields
+        ({"prompt": "x", "image_urls": ["https://example.org/a.png"]}, {"image_urls.0"}),
+        ({"prompt": "x", "image_urls": [good, "data:image/png,rawbytes"]}, {"image_urls.1"}),
+        ({"prompt": "x", "image_urls": []}, {"image_urls"}),
+        ({"prompt": "x", "image_urls": [good], "images": [good]}, {"body"}),
+        ({"prompt": "x", "image_urls": [good], "num_images_per_prompt": 2}, {"num_images_per_prompt"}),
     ]
     with serve_in_thread(create_app(gen, limits)) as url, httpx.Client(base_url=url, timeout=30) as client:
         health = client.get("/health").json()
@@ -164,7 +170,9 @@ def test_service_validates_requests_with_field_names(tiny_pipe):
         r = client.post("/generate", json={"prompt": "x", "images": ["A" * 300_000]})
         assert r.status_code == 413 and "over the limit" in r.json()["error"]["message"]
         r = client.get("/nowhere")
-        assert r.status_code == 404 and r.json() == {"error": {"message": "Not Found"}}
+        assert r.status_code == 404 and r.json() == {"success": False, "error": {"message": "Not Found"}}
+        missing = client.post("/generate", json={"prompt": "x"}).json()["error"]["fields"][0]
+        assert missing["field"] == "images" and "image_urls" in missing["message"]   # both shapes named
         assert client.get("/health").json()["renders_ok"] == 0              # nothing reached the pipeline
 
 
@@ -172,7 +180,7 @@ def test_service_queue_limit_and_client_give_the_local_pixels(tiny_pipe, referen
     gen = QwenImageEditGenerator(pipeline=tiny_pipe, **TINY)
     app = create_app(gen, ServiceLimits(queue_size=1))
     with serve_in_thread(app) as url:
-        client = QwenImageEditServiceGenerator(urls=url, retries=0)
+        client = QwenImageEditServiceGenerator(urls=url, retries=0, steps=2, long_side=64)
 
         async def scenario():
             render = asyncio.create_task(client.render(Program(PROMPT, [reference])))
@@ -202,6 +210,28 @@ def test_service_queue_limit_and_client_give_the_local_pixels(tiny_pipe, referen
     assert meta["backend"] == "qwen-image-edit-service" and meta["server"] == url
     assert (meta["seed"], meta["num_inference_steps"], meta["width"], meta["height"]) == (0, 2, 64, 48)
     assert {"render_s", "queue_s", "request_s"} <= set(meta["timings"])
+
+
+def test_service_accepts_the_published_request_and_our_older_one(tiny_pipe, reference, direct):
+    """The released client's request (image_urls as data URIs, every field given) and ours (images as
+    plain base64, settings left to the server) both render the local pixels, and both replies carry
+    success: true and the image as plain base64."""
+    gen = QwenImageEditGenerator(pipeline=tiny_pipe, **TINY)
+    with Image.open(reference.local_path) as im:
+        ref = b64_png(im)
+    published = {"prompt": PROMPT, "image_urls": ["data:image/png;base64," + ref], "seed": 0, "width": 64,
+                 "height": 48, "num_inference_steps": 2, "true_cfg_scale": 4.0, "guidance_scale": 1.0,
+                 "negative_prompt": " ", "num_images_per_prompt": 1}
+    ours = {"prompt": PROMPT, "images": [ref]}
+    with serve_in_thread(create_app(gen)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        replies = [client.post("/generate", json=body) for body in (published, ours)]
+    for reply in replies:
+        assert reply.status_code == 200, reply.text
+        data = reply.json()
+        assert data["success"] is True and not data["image"].startswith("data:")
+        image = Image.open(io.BytesIO(base64.b64decode(data["image"], validate=True)))
+        assert image.size == (64, 48) and data["num_inference_steps"] == 2
+        assert np.array_equal(pixels(image), pixels(direct.image))
 
 
 def test_service_reports_a_model_that_failed_to_load(tmp_path):
@@ -252,7 +282,7 @@ def test_genevolve_serve_loads_a_saved_checkpoint(tiny_pipe, reference, direct, 
         assert health and health["status"] == "ok", log.read_text()[-3000:]
         assert health["model"] == str(model_dir) and health["device"] == "cpu"
 
-        client = QwenImageEditServiceGenerator(urls=url, retries=1, backoff=0.2)
+        client = QwenImageEditServiceGenerator(urls=url, retries=1, backoff=0.2, steps=2, long_side=64)
         result = asyncio.run(client.render(Program(PROMPT, [reference])))
         assert result.image.size == (64, 48)
         # from_pretrained of the saved weights in another process: the same picture

@@ -1,15 +1,20 @@
 """The Qwen-Image-Edit render service: one pipeline per process behind a small FastAPI app.
 
 Endpoints
-- `POST /generate`: JSON {prompt, images: [base64 image, ...], seed, num_inference_steps, true_cfg_scale,
-  guidance_scale, negative_prompt, height, width}; only `prompt` and `images` are required, the rest
-  default to the generator's settings (the paper's: 40 steps, true CFG 4.0, guidance 1.0, negative " ",
-  seed 0, size from the first image). Answers {image: base64 PNG, width, height, seed, ...metadata}.
+- `POST /generate`: JSON {prompt, images | image_urls, seed, width, height, num_inference_steps,
+  true_cfg_scale, guidance_scale, negative_prompt, num_images_per_prompt}. Two request shapes are
+  accepted: the released GenEvolve client's (`image_urls`: data URIs "data:image/...;base64,...",
+  every field given, `num_images_per_prompt` 1) and our older one (`images`: plain base64). Only
+  `prompt` and one of the two image lists are required; the rest default to the generator's settings
+  (the paper's: 40 steps, true CFG 4.0, guidance 1.0, negative " ", seed 0, size from the first
+  image). The service fetches nothing: an http(s) URL in `image_urls` is refused. Answers
+  {"success": true, "image": plain base64 PNG, width, height, seed, ...metadata}.
 - `GET /health`: {status: loading|ok|error, model, device, queue_depth, running, queue_size, ...}.
 
-Errors always have the form {"error": {"message": ...}}: 422 for a request that fails validation
-(the message and `fields` name each bad field), 413 for an oversized body, 503 with Retry-After when
-the queue is full, 503 while the model failed to load, 500 when the pipeline fails.
+Errors always have the form {"success": false, "error": {"message": ...}}, with a non-200 status:
+422 for a request that fails validation (the message and `fields` name each bad field), 413 for an
+oversized body, 503 with Retry-After when the queue is full, 503 while the model failed to load,
+500 when the pipeline fails.
 
 Renders run one at a time in a single worker thread (the pipeline is not re-entrant and owns the
 GPU). At most `queue_size` requests are admitted at once, the running one included; the rest are
@@ -70,6 +75,9 @@ def request_model(limits: ServiceLimits) -> type[BaseModel]:
     def decode(value: Any) -> Image.Image:
         if not isinstance(value, str):
             raise ValueError(f"expected a base64 string, got {type(value).__name__}")
+        if value.startswith(("http://", "https://")):
+            raise ValueError("the service fetches no URLs: send the image inline, as a data URI "
+                             "(data:image/png;base64,...) or plain base64")
         try:
             return decode_image_b64(value, label="image", max_pixels=limits.max_image_pixels)
         except GeneratorError as exc:
@@ -83,7 +91,10 @@ def request_model(limits: ServiceLimits) -> type[BaseModel]:
         model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
         prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars)
+        # The published shape's `image_urls` is moved here before validation (see `one_image_list`);
+        # the error handler names the field the client sent.
         images: list[ReferenceImage] = Field(min_length=1, max_length=limits.max_images)
+        num_images_per_prompt: int = Field(1, ge=1, le=1)
         seed: int = Field(0, ge=0, le=2**63 - 1)
         num_inference_steps: int | None = Field(None, ge=1, le=limits.max_steps)
         true_cfg_scale: float | None = Field(None, ge=0.0, le=50.0)
@@ -91,6 +102,15 @@ def request_model(limits: ServiceLimits) -> type[BaseModel]:
         negative_prompt: str | None = Field(None, max_length=limits.max_prompt_chars)
         height: int | None = Field(None, ge=16, le=limits.max_side, multiple_of=16)
         width: int | None = Field(None, ge=16, le=limits.max_side, multiple_of=16)
+
+        @model_validator(mode="before")
+        @classmethod
+        def one_image_list(cls, data: Any) -> Any:
+            if isinstance(data, dict) and "image_urls" in data:
+                if "images" in data:
+                    raise ValueError("give the references as images or as image_urls, not both")
+                data = {("images" if k == "image_urls" else k): v for k, v in data.items()}
+            return data
 
         @field_validator("prompt")
         @classmethod
@@ -168,7 +188,8 @@ class RenderQueue:
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, **extra}}, headers=headers)
+    return JSONResponse(status_code=status, content={"success": False, "error": {"message": message, **extra}},
+                        headers=headers)
 
 
 def busy(queue: RenderQueue, **extra: Any) -> JSONResponse:
@@ -221,10 +242,16 @@ def create_app(generator, limits: ServiceLimits | None = None, *, load_on_startu
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        sent_urls = isinstance(exc.body, dict) and "image_urls" in exc.body
         fields = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p != "body"]
             msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            if loc[:1] == ["images"]:
+                if sent_urls:                  # the client sent the published shape: use its name
+                    loc[0] = "image_urls"
+                elif err.get("type") == "missing":
+                    msg += " (the references, as images: [base64, ...] or image_urls: [data URI, ...])"
             fields.append({"field": ".".join(loc) or "body", "message": msg})
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
         return error(422, f"invalid request: {summary}", fields=fields)
@@ -275,7 +302,7 @@ def create_app(generator, limits: ServiceLimits | None = None, *, load_on_startu
         log.info("request %s: %dx%d, %s steps, %.2fs render, %.2fs queued", request_id, result.image.width,
                  result.image.height, meta.get("steps"), timings.get("render_s", 0.0), waited)
         encoded = await asyncio.to_thread(image_data_b64, result.image, "PNG")
-        return {"image": encoded, **meta, "num_inference_steps": meta.get("steps"),
+        return {"success": True, "image": encoded, **meta, "num_inference_steps": meta.get("steps"),
                 "timings": timings, "request_id": request_id}
 
     return app

@@ -1,22 +1,25 @@
-"""Web search backends: Serper (Google results; needs SERPER_API_KEY) and SearXNG (self-hosted, keyless).
+"""Web search backends: Serper (Google results; needs an API key) and SearXNG (self-hosted, keyless).
 
-Each backend class is built with keyword options only (all defaulted), as the registry in
-`genevolve.tools` does: `SerperSearchBackend()`, `SearxngImageBackend(url="http://localhost:8888")`.
+Each backend class is built with keyword options, as the registry in `genevolve.tools` does:
+`SerperSearchBackend(api_key=...)`, `SearxngImageBackend(url="http://localhost:8888")`. Nothing is
+read from the environment here: the CLI passes SERPER_API_KEY, SERPER_BASE_URL and SEARXNG_URL in.
 
 - Responses are cached on disk, one JSON file per (backend, endpoint, query, parameters) under
-  `cache_dir()/web/<backend>/`, written atomically: a rerun gets the same results and sends no
+  `<cache_root>/web/<backend>/` (`cache_root` defaults to `cache_dir()`; downloaded images go to
+  `<cache_root>/downloads/`), written atomically: a rerun gets the same results and sends no
   request. `cache=False` turns the cache off; `refresh=True` asks the service again and
   overwrites the entry. Failed calls are never cached; an empty result list is.
 - Calls are retried with backoff on 429, 5xx and connection errors (genevolve.httpretry).
 - Failures raise `WebSearchError` with a message the policy can read; the search tools turn it
   into an error observation and the trajectory continues.
 - Image backends download every candidate through `SafeDownloader` so each hit has a vetted local
-  file. A candidate whose download is refused is dropped: the reason is logged (INFO, logger
+  file (`per_host_concurrency` and `per_host_rate` set its per-host politeness). A candidate whose
+  download is refused is dropped: the reason is logged (INFO, logger
   `genevolve.tools.web_search`) and counted in `backend.dropped` (reason code -> count). To make
   up for drops they ask the service for `2 * top_k` candidates (at least 10) and download in
   rank order, in waves, until `top_k` images are kept or the candidates run out.
-- The Serper key is read from the environment only, sent only in the X-API-KEY header, and
-  scrubbed from every error message; it never reaches logs, cache files or records.
+- The Serper key is sent only in the X-API-KEY header and scrubbed from every error message; it
+  never reaches logs, cache files or records.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,7 +36,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from ..config import cache_dir, setting
+from ..config import cache_dir
 from ..httpretry import HTTPRetryError, LoopLocalClient, request_with_retries
 from ..jsonio import atomic_write_json
 from .base import ImageHit, ImageSearchBackend, SearchBackend, SearchHit
@@ -82,12 +84,12 @@ class ResponseCache:
 class _JsonService:
     """One web API: cache, retries, HTTP status and JSON checks, and key scrubbing."""
 
-    def __init__(self, source: str, label: str, base_url: str, *, cache: bool, refresh: bool,
-                 timeout: float, retries: int, headers: dict[str, str] | None = None,
+    def __init__(self, source: str, label: str, base_url: str, *, cache: bool, cache_root: Path,
+                 refresh: bool, timeout: float, retries: int, headers: dict[str, str] | None = None,
                  secret: str | None = None, status_hint: Callable[[int], str | None] = lambda s: None):
         self.source, self.label = source, label
         self.base_url = base_url.rstrip("/")
-        self.cache = ResponseCache(cache_dir() / "web" / source) if cache else None
+        self.cache = ResponseCache(cache_root / "web" / source) if cache else None
         self.refresh = refresh
         self.retries = retries
         self._secret = secret
@@ -121,10 +123,9 @@ class _JsonService:
             raise WebSearchError(self.scrub(f"{self.label} search failed: {type(exc).__name__}: {exc}")) from None
         data = self._decode(response)
         if self.cache is not None:
-            self.cache.save(key, {"backend": self.source, "endpoint": endpoint, "query": query,
-                                  "params": shaped_by, "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                time.gmtime()),
-                                  "response": data})
+            record = {"backend": self.source, "endpoint": endpoint, "query": query, "params": shaped_by,
+                      "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "response": data}
+            await asyncio.to_thread(self.cache.save, key, record)   # the atomic write waits for the disk
         return data
 
     def _decode(self, response: httpx.Response) -> dict[str, Any]:
@@ -175,6 +176,11 @@ def _text(item: dict[str, Any], field: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+def _root(cache_root: str | Path | None) -> Path:
+    """Where responses (web/) and downloads (downloads/) are kept: the given folder or the cache."""
+    return Path(cache_root) if cache_root is not None else cache_dir()
+
+
 def _candidate_count(top_k: int) -> int:
     return max(10, 2 * top_k)
 
@@ -182,13 +188,18 @@ def _candidate_count(top_k: int) -> int:
 class _ImageDownloads:
     """Turns ranked image candidates into hits with vetted local files (shared by image backends)."""
 
-    def __init__(self, source: str, downloader: SafeDownloader | None, allow_hosts: Iterable[str],
-                 allow_private: bool):
+    def __init__(self, source: str, downloader: SafeDownloader | None, cache_root: Path,
+                 allow_hosts: Iterable[str], allow_private: bool, per_host: int | None, rate: float | None):
         allow_hosts = list(allow_hosts)
-        if downloader is not None and (allow_hosts or allow_private):
-            raise ValueError("pass allow_hosts/allow_private to the SafeDownloader you provide, not here")
+        if downloader is not None and (allow_hosts or allow_private or per_host is not None or rate is not None):
+            raise ValueError("pass allow_hosts, allow_private, per_host_concurrency and per_host_rate to "
+                             "the SafeDownloader you provide, not here")
         self.source = source
-        self.downloader = downloader or SafeDownloader(allow_hosts=allow_hosts, allow_private=allow_private)
+        politeness: dict[str, Any] = {"per_host_rate": rate}
+        if per_host is not None:
+            politeness["per_host_concurrency"] = per_host
+        self.downloader = downloader or SafeDownloader(out_dir=cache_root / "downloads", allow_hosts=allow_hosts,
+                                                       allow_private=allow_private, **politeness)
         self._owns_downloader = downloader is None
         self.dropped: Counter[str] = Counter()
 
@@ -221,21 +232,22 @@ class _ImageDownloads:
 
 # ------------------------------------------------------------------------------ Serper
 
-def _serper_service(base_url: str | None, cache: bool, refresh: bool, timeout: float,
-                    retries: int) -> _JsonService:
-    key = os.environ.get("SERPER_API_KEY", "").strip()
+def _serper_service(api_key: str | None, base_url: str | None, cache: bool, cache_root: Path, refresh: bool,
+                    timeout: float, retries: int) -> _JsonService:
+    key = (api_key or "").strip()
     if not key:
         raise ValueError("Serper search needs an API key: set the SERPER_API_KEY environment variable "
-                         "(get one at serper.dev), or use --search searxng / offline")
-    url = setting(base_url, "SERPER_BASE_URL", "serper", "base_url", DEFAULT_SERPER_URL)
+                         "(get one at serper.dev) or pass api_key=..., or use --search searxng / offline")
+    url = base_url or DEFAULT_SERPER_URL
 
     def hint(status: int) -> str | None:
         if status in (401, 403):
             return "check SERPER_API_KEY (is it valid, and does the account have credits?)"
         return None
 
-    return _JsonService("serper", "Serper", url, cache=cache, refresh=refresh, timeout=timeout,
-                        retries=retries, headers={"X-API-KEY": key}, secret=key, status_hint=hint)
+    return _JsonService("serper", "Serper", url, cache=cache, cache_root=cache_root, refresh=refresh,
+                        timeout=timeout, retries=retries, headers={"X-API-KEY": key}, secret=key,
+                        status_hint=hint)
 
 
 def _serper_body(query: str, num: int, gl: str | None, hl: str | None) -> dict[str, Any]:
@@ -252,10 +264,11 @@ class SerperSearchBackend(SearchBackend):
 
     name = "serper"
 
-    def __init__(self, base_url: str | None = None, *, gl: str | None = None, hl: str | None = None,
-                 cache: bool = True, refresh: bool = False, timeout: float = 20.0, retries: int = 3):
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, gl: str | None = None,
+                 hl: str | None = None, cache: bool = True, cache_root: str | Path | None = None,
+                 refresh: bool = False, timeout: float = 20.0, retries: int = 3):
         self.gl, self.hl = gl, hl
-        self.api = _serper_service(base_url, cache, refresh, timeout, retries)
+        self.api = _serper_service(api_key, base_url, cache, _root(cache_root), refresh, timeout, retries)
 
     async def search(self, query: str, top_k: int) -> list[SearchHit]:
         body = _serper_body(query, top_k, self.gl, self.hl)
@@ -275,13 +288,17 @@ class SerperImageBackend(ImageSearchBackend):
 
     name = "serper"
 
-    def __init__(self, base_url: str | None = None, *, gl: str | None = None, hl: str | None = None,
-                 cache: bool = True, refresh: bool = False, timeout: float = 20.0, retries: int = 3,
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, gl: str | None = None,
+                 hl: str | None = None, cache: bool = True, cache_root: str | Path | None = None,
+                 refresh: bool = False, timeout: float = 20.0, retries: int = 3,
                  downloader: SafeDownloader | None = None, allow_hosts: Iterable[str] = (),
-                 allow_private: bool = False):
+                 allow_private: bool = False, per_host_concurrency: int | None = None,
+                 per_host_rate: float | None = None):
         self.gl, self.hl = gl, hl
-        self.api = _serper_service(base_url, cache, refresh, timeout, retries)
-        self.images = _ImageDownloads("serper", downloader, allow_hosts, allow_private)
+        root = _root(cache_root)
+        self.api = _serper_service(api_key, base_url, cache, root, refresh, timeout, retries)
+        self.images = _ImageDownloads("serper", downloader, root, allow_hosts, allow_private,
+                                      per_host_concurrency, per_host_rate)
 
     @property
     def dropped(self) -> Counter[str]:
@@ -302,26 +319,25 @@ class SerperImageBackend(ImageSearchBackend):
 
 # ------------------------------------------------------------------------------ SearXNG
 
-def _searxng_service(url: str | None, cache: bool, refresh: bool, timeout: float,
+def _searxng_service(url: str | None, cache: bool, cache_root: Path, refresh: bool, timeout: float,
                      retries: int) -> _JsonService:
-    base = setting(url, "SEARXNG_URL", "searxng", "url")
-    if not base:
+    if not url:
         raise ValueError("SearXNG search needs the address of your instance: set SEARXNG_URL "
-                         "(e.g. http://localhost:8888) or put url under [searxng] in genevolve.toml")
+                         "(e.g. http://localhost:8888), put url under [searxng] in genevolve.toml, or pass url=...")
 
     def hint(status: int) -> str | None:
         if status == 403:
             return "the instance must allow JSON output: add 'json' to search.formats in its settings.yml"
         return None
 
-    return _JsonService("searxng", "SearXNG", base, cache=cache, refresh=refresh, timeout=timeout,
-                        retries=retries, status_hint=hint)
+    return _JsonService("searxng", "SearXNG", url, cache=cache, cache_root=cache_root, refresh=refresh,
+                        timeout=timeout, retries=retries, status_hint=hint)
 
 
 class _SearxngBase:
     def __init__(self, url: str | None, language: str | None, safesearch: int | None, cache: bool,
-                 refresh: bool, timeout: float, retries: int):
-        self.api = _searxng_service(url, cache, refresh, timeout, retries)
+                 cache_root: Path, refresh: bool, timeout: float, retries: int):
+        self.api = _searxng_service(url, cache, cache_root, refresh, timeout, retries)
         self.language, self.safesearch = language, safesearch
 
     async def _results(self, query: str, category: str) -> list[dict[str, Any]]:
@@ -340,9 +356,9 @@ class SearxngSearchBackend(_SearxngBase, SearchBackend):
     name = "searxng"
 
     def __init__(self, url: str | None = None, *, language: str | None = None,
-                 safesearch: int | None = None, cache: bool = True, refresh: bool = False,
-                 timeout: float = 20.0, retries: int = 3):
-        super().__init__(url, language, safesearch, cache, refresh, timeout, retries)
+                 safesearch: int | None = None, cache: bool = True, cache_root: str | Path | None = None,
+                 refresh: bool = False, timeout: float = 20.0, retries: int = 3):
+        super().__init__(url, language, safesearch, cache, _root(cache_root), refresh, timeout, retries)
 
     async def search(self, query: str, top_k: int) -> list[SearchHit]:
         results = await self._results(query, "general")
@@ -365,11 +381,15 @@ class SearxngImageBackend(_SearxngBase, ImageSearchBackend):
     name = "searxng"
 
     def __init__(self, url: str | None = None, *, language: str | None = None,
-                 safesearch: int | None = None, cache: bool = True, refresh: bool = False,
-                 timeout: float = 20.0, retries: int = 3, downloader: SafeDownloader | None = None,
-                 allow_hosts: Iterable[str] = (), allow_private: bool = False):
-        super().__init__(url, language, safesearch, cache, refresh, timeout, retries)
-        self.images = _ImageDownloads("searxng", downloader, allow_hosts, allow_private)
+                 safesearch: int | None = None, cache: bool = True, cache_root: str | Path | None = None,
+                 refresh: bool = False, timeout: float = 20.0, retries: int = 3,
+                 downloader: SafeDownloader | None = None, allow_hosts: Iterable[str] = (),
+                 allow_private: bool = False, per_host_concurrency: int | None = None,
+                 per_host_rate: float | None = None):
+        root = _root(cache_root)
+        super().__init__(url, language, safesearch, cache, root, refresh, timeout, retries)
+        self.images = _ImageDownloads("searxng", downloader, root, allow_hosts, allow_private,
+                                      per_host_concurrency, per_host_rate)
 
     @property
     def dropped(self) -> Counter[str]:

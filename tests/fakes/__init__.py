@@ -26,6 +26,12 @@ from typing import Any, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 
+class _Server(ThreadingHTTPServer):
+    # The listen backlog is fixed when the socket opens; the default of 5 resets connections (and
+    # clients retry them a second later) as soon as a batch opens dozens at once.
+    request_queue_size = 512
+
+
 @dataclass
 class Reply:
     status: int = 200
@@ -77,7 +83,7 @@ class FakeServer:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> "FakeServer":
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        server = _Server(("127.0.0.1", 0), _handler_for(self))
         server.daemon_threads = True
         if self._tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -15,6 +15,7 @@ Paths (all GET):
   /redirect-metadata       302 to the cloud metadata address 169.254.169.254
   /redirect-good           302 to /good.jpg on this host
   /redirect-loop/<n>       302 to /redirect-loop/<n+1>, forever
+  /redirect?to=T[&status=S] S (default 302) to T exactly as given (absolute, relative, any scheme)
   /slow.jpg                the good JPEG after `slow_delay` seconds
   /missing.jpg             404
 """
@@ -106,6 +107,8 @@ class ImageHostFake(FakeServer):
             return Reply.redirect(METADATA_URL)
         if path == "/redirect-good":
             return Reply.redirect("/good.jpg", status=301)
+        if path == "/redirect" and request.param("to") is not None:
+            return Reply.redirect(request.param("to"), status=int(request.param("status") or 302))
         if path.startswith("/redirect-loop/"):
             n = int(path.rsplit("/", 1)[1])
             return Reply.redirect(f"/redirect-loop/{n + 1}")

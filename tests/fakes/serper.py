@@ -1,7 +1,8 @@
 """A loopback Serper: POST /search and POST /images with the X-API-KEY header, as google.serper.dev.
 
 Normal behaviour: a request with the right key gets `num` organic results (or image results)
-made from the query. A wrong or missing key gets Serper's 401 body. Script anything else (429,
+made from the query. An image URL containing "{slug}" gets the query's slug there, so each query
+can point at its own URLs (no download is shared between two queries). A wrong or missing key gets Serper's 401 body. Script anything else (429,
 malformed JSON, an empty list) with `queue`.
 """
 
@@ -37,10 +38,11 @@ class SerperFake(FakeServer):
                         "snippet": f"Facts about {query}, entry {i}.", "position": i}
                        for i in range(1, num + 1)]
             return Reply.json({"searchParameters": params, "organic": organic, "credits": 1})
+        urls = [u.replace("{slug}", slug) for u in self.image_urls[:num]]
         images = [{"title": f"{query} picture {i}", "imageUrl": url, "imageWidth": 64, "imageHeight": 48,
                    "thumbnailUrl": url, "source": "Example", "domain": "example.org",
                    "link": f"https://example.org/{slug}/page{i}", "position": i}
-                  for i, url in enumerate(self.image_urls[:num], 1)]
+                  for i, url in enumerate(urls, 1)]
         return Reply.json({"searchParameters": params, "images": images, "credits": 1})
 
 
