@@ -48,28 +48,29 @@ def parse_released_turn(text: str) -> ParsedTurn:
     call anywhere (inside <think> too); strict JSON; a reply with neither is a format error."""
     think = re.search(r"<think>(.*?)</think>", text, re.DOTALL)
     think_text = think.group(1).strip() if think else None
-    m = _ANSWER_RE.search(text)
-    if m:
-        try:
-            obj = loads_strict(m.group(1))
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict):
-            notes = ["tool call ignored: an answer wins"] if _TOOL_CALL_RE.search(text) else []
-            return ParsedTurn("answer", answer=obj, think=think_text, raw=m.group(1), notes=notes)
-    m = _TOOL_CALL_RE.search(text)
-    if m:
-        try:
-            obj = loads_strict(m.group(1))
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict):
-            name = obj.get("name")
-            args = obj.get("arguments") or {}
-            if isinstance(args, dict) and (name is None or isinstance(name, str)):
-                return ParsedTurn("tool_call", tool_name=(name or "").strip(), arguments=args, think=think_text,
-                                  raw=m.group(1))
+    raw, obj = _tagged_object(_ANSWER_RE, text)
+    if obj is not None:
+        notes = ["tool call ignored: an answer wins"] if _TOOL_CALL_RE.search(text) else []
+        return ParsedTurn("answer", answer=obj, think=think_text, raw=raw, notes=notes)
+    raw, obj = _tagged_object(_TOOL_CALL_RE, text)
+    if obj is not None:
+        name = obj.get("name")
+        args = obj.get("arguments") or {}
+        if isinstance(args, dict) and (name is None or isinstance(name, str)):
+            return ParsedTurn("tool_call", tool_name=(name or "").strip(), arguments=args, think=think_text, raw=raw)
     return ParsedTurn("error", think=think_text, error="no readable <tool_call> or <answer>")
+
+
+def _tagged_object(pattern: re.Pattern, text: str) -> tuple[str | None, dict | None]:
+    """The first tag's JSON text and, when it is a strict JSON object, the object."""
+    m = pattern.search(text)
+    if not m:
+        return None, None
+    try:
+        obj = loads_strict(m.group(1))
+    except ValueError:
+        return m.group(1), None
+    return m.group(1), obj if isinstance(obj, dict) else None
 
 
 @dataclass

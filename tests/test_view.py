@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from genevolve.cli.view import is_loopback
+from genevolve.cli.common import warn_unless_loopback
 from genevolve.config import cache_dir
 from genevolve.view import ViewServer, open_result
 from genevolve.view.paths import MISSING, NOT_IMAGE, OK, OUTSIDE, Roots
@@ -252,6 +252,10 @@ def test_roots_resolve_relative_paths_and_refuse_the_rest(tmp_path):
     assert roots.locate("https://example.org/a.png", bases).status != OK
 
 
-def test_loopback_addresses():
-    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+def test_only_non_loopback_addresses_get_a_warning(capsys):
+    for host in ("127.0.0.1", "localhost", "::1"):
+        warn_unless_loopback(host, "records are readable")
+    assert capsys.readouterr().err == ""
+    for host in ("0.0.0.0", "192.168.1.4"):
+        warn_unless_loopback(host, "records are readable")
+    assert capsys.readouterr().err.count("warning: serving on") == 2

@@ -172,6 +172,17 @@ def build_generator(args: argparse.Namespace) -> Any:
     return settings.build_generator(command_settings(args))
 
 
+def warn_unless_loopback(host: str, exposure: str) -> None:
+    """A service without authentication on a non-loopback address: say what that exposes."""
+    import ipaddress
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        say(f"warning: serving on {host} without authentication; {exposure}")
+
+
 def say(message: str) -> None:
     """A note for the person at the terminal (stderr, so stdout stays machine-readable); keys a
     server echoed into an error never reach the terminal."""

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 
-from .common import fail
+from .common import fail, warn_unless_loopback
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,21 +56,10 @@ def serve_qwen(args: argparse.Namespace) -> int:
                                max_image_pixels=args.max_image_pixels)
     except ValueError as exc:
         return fail(str(exc))
-    if not _is_loopback(args.host):
-        print(f"genevolve: warning: serving on {args.host} without authentication; anyone who can reach it "
-              "can use the GPU", file=sys.stderr)
+    warn_unless_loopback(args.host, "anyone who can reach it can use the GPU")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(generator, limits, load_on_startup=not args.lazy)
     print(f"genevolve: Qwen-Image-Edit service for {generator.model} on http://{args.host}:{args.port} "
           f"(queue {limits.queue_size}, {'lazy load' if args.lazy else 'loading now'})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 
-from .common import fail
+from .common import fail, warn_unless_loopback
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,9 +35,8 @@ def main(args: argparse.Namespace) -> int:
     image_roots = list(args.image_root)
     if not args.no_library_images and (cache_dir() / "images").is_dir():
         image_roots.append(cache_dir() / "images")
-    if not is_loopback(args.host):
-        print(f"genevolve: warning: serving on {args.host}: anyone who can reach this address can read the "
-              "records and images under the given folders (no authentication)", file=sys.stderr)
+    warn_unless_loopback(args.host, "anyone who can reach this address can read the records and images "
+                                    "under the given folders")
     try:
         server = ViewServer(args.paths, host=args.host, port=args.port, image_roots=image_roots).start()
     except FileNotFoundError as exc:
@@ -53,12 +51,3 @@ def main(args: argparse.Namespace) -> int:
         webbrowser.open(server.url)
     server.wait()
     return 0
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

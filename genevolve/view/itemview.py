@@ -15,11 +15,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..program import REPAIR_ISSUES, RESOLUTION_ISSUES
 from .records import issue_kind
 
-# Repairs the runtime makes to an answer (named in program_issues); other kinds are problems.
-REPAIR_KINDS = ("reference_added", "img_id_replaced", "ordinal_renumbered", "references_reordered",
-                "references_truncated", "unknown_img_id", "duplicate_img_id", "malformed reference entry dropped")
+# What the runtime did to an answer (resolution steps and repairs, named in program_issues); other
+# kinds are problems. Rows of schema 1 spelt a dropped malformed entry as a phrase.
+REPAIR_KINDS = RESOLUTION_ISSUES + REPAIR_ISSUES + ("malformed reference entry dropped",)
 _ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL | re.IGNORECASE)
 _IMG_LINE_RE = re.compile(r"\[(IMG_\d{3,})\]\s*(.*)")
 
