@@ -36,8 +36,33 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genevolve.data.offline_bench import (COLOUR_VARIANTS, HIDDEN_SUBJECTS, NAMED_SUBJECTS, Subject,  # noqa: E402
-                                          country_flags)
+from genevolve.data.world import OfflineWorld  # noqa: E402
+
+
+@dataclass
+class Subject:
+    """A named thing drawn from one library image."""
+
+    library_id: str
+    noun: str
+    plural: str
+
+
+def world_subjects(ids: set[str]):
+    """Flags, hidden things, named things and colour variants of the offline world whose images
+    the scene has: (flags, hidden, named, variants by kind)."""
+    entities = list(OfflineWorld.load().entities.values())
+    flags = [(e.name.lower(), "flag", e.renditions[0]) for e in entities
+             if e.kind == "country" and e.renditions and e.renditions[0] in ids]
+    hidden = [(e.noun, "thing", e.renditions[0]) for e in entities
+              if e.kind == "thing" and e.renditions and e.renditions[0] in ids]
+    named = [Subject(e.renditions[0], e.noun, e.plural) for e in OfflineWorld.load().by_category()
+             ["grounded_quantity_scene"] if e.renditions and e.renditions[0] in ids]
+    variants: dict[str, list[tuple[str, str]]] = {}
+    for e in entities:
+        if e.kind == "variant" and e.renditions:
+            variants.setdefault(e.facts["kind"], []).append((e.facts["colour"], e.renditions[0]))
+    return flags, hidden, named, {k: v for k, v in variants.items() if len(v) >= 2}
 from genevolve.generators.offline import OfflineRenderer  # noqa: E402
 from genevolve.judges.offline import judge_images  # noqa: E402
 from genevolve.program import Program, Reference  # noqa: E402
@@ -114,10 +139,7 @@ def degrade(path: str, how: str, out: str) -> str:
 
 
 def build_pairs(scene: Scene, n: int, rng: random.Random) -> list[Pair]:
-    ids = set(scene.entries)
-    flags = [(c["name"].lower(), "flag", c["library_id"]) for c in country_flags(ids)]
-    hidden = [(s.noun, "thing", s.library_id) for s in HIDDEN_SUBJECTS if s.library_id in ids]
-    named = [s for s in NAMED_SUBJECTS if s.library_id in ids]
+    flags, hidden, named, colour_variants = world_subjects(set(scene.entries))
     pairs: list[Pair] = []
 
     def single(noun: str, ref: str, layout: str, seed: int) -> str:
@@ -132,9 +154,8 @@ def build_pairs(scene: Scene, n: int, rng: random.Random) -> list[Pair]:
         pairs.append(Pair("visual_correctness", "flag" if noun == "flag" else "subject", f"The {name}.", {},
                           gt, single(noun, right, layout, seed), single(noun, wrong, layout, seed)))
     for i in range(n // 4):                                     # visual: colour variants
-        kind = rng.choice(sorted(COLOUR_VARIANTS))
-        (_, right), (_, wrong) = rng.sample(COLOUR_VARIANTS[kind], 2)
-        right, wrong = f"emoji-{right}", f"emoji-{wrong}"
+        kind = rng.choice(sorted(colour_variants))
+        (_, right), (_, wrong) = rng.sample(colour_variants[kind], 2)
         layout, seed = rng.choice(SINGLE_LAYOUTS), rng.randint(1, 999)
         gt = single(kind, right, "The {noun} from the first reference image, centered.", 0)
         pairs.append(Pair("visual_correctness", "colour variant", f"A {kind}.", {}, gt,
@@ -171,8 +192,8 @@ def build_pairs(scene: Scene, n: int, rng: random.Random) -> list[Pair]:
             if i % 2:                                   # two named things, or one thing in two colours
                 a, b = rng.sample(named, 2)
             else:
-                kind = rng.choice(sorted(COLOUR_VARIANTS))
-                a, b = (Subject(e, f"{c} {kind}", "", "") for c, e in rng.sample(COLOUR_VARIANTS[kind], 2))
+                kind = rng.choice(sorted(colour_variants))
+                a, b = (Subject(e, f"{c} {kind}", "") for c, e in rng.sample(colour_variants[kind], 2))
             vertical = rng.random() < 0.4
             first, second = ("at the top", "at the bottom") if vertical else ("on the left", "on the right")
             relation = {"above": a.noun, "below": b.noun} if vertical else {"left": a.noun, "right": b.noun}
