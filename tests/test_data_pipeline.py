@@ -13,7 +13,7 @@ import pytest
 
 from genevolve.agent import Agent
 from genevolve.cli import main as cli_main
-from genevolve.data import stages
+from genevolve.pipeline import data as stages
 from genevolve.data.grounding import program_grounding
 from genevolve.data.recipes import sample_recipes
 from genevolve.data.splits import verify_decontamination

@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"data {args.action}: --output-dir is required")
     out = Path(args.output_dir)
     progress = not args.quiet
-    from ..data.stages import StageError
+    from ..pipeline.batch import StageError
     try:
         result = run_action(args, out, progress)
     except (StageError, ValueError, FileNotFoundError) as exc:
@@ -138,7 +138,7 @@ def _closing(obj: Any, coro_fn: Any) -> Any:
 
 
 def run_action(args: argparse.Namespace, out: Path, progress: bool) -> Any:
-    from ..data import stages
+    from ..pipeline import data as stages
     from ..data.export import stage_export
     from ..data.report import stage_calibrate, stage_report
 

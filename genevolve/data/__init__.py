@@ -12,6 +12,6 @@ Modules, in pipeline order:
 - `ground_truth`: GT images from other renditions, the visual filter, cross-rendition judge calibration;
 - `export`: JSON lines and a Hugging Face DatasetDict; `published`: the published GenEvolve data reader;
 - `stages`: each stage as a resumable batch, and `build`; `report`: the yield report and calibration;
-- `offline_bench`: the offline benchmark, one client of the stages.
+- `offline_bench`: the offline benchmark, one client of the stages (`genevolve.pipeline.data`).
 The expert teacher policy lives with the other policies: `genevolve.policies.expert`.
 """

@@ -104,7 +104,7 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def stage_export(out: Path, *, hf: bool = True) -> dict[str, Any]:
-    from .stages import kept, load, recipe_of
+    from ..pipeline.data import kept, load, recipe_of
 
     out = Path(out)
     recipes, requests = kept(out, "recipes"), kept(out, "requests")

@@ -1,6 +1,6 @@
 """The offline benchmark: GenEvolve-Bench-style rows with GT images, built by the data pipeline.
 
-It is one client of the pipeline (`genevolve.data.stages`), not a second generator: recipes bound to
+It is one client of the pipeline (`genevolve.pipeline.data`), not a second generator: recipes bound to
 the offline world, requests from the offline writer, entity-disjoint splits, and ground truth drawn
 from another rendition of each subject. There is no teacher stage: a benchmark needs requests and
 ground truth, not trajectories. Rows of every category the offline world can give a ground truth are
@@ -42,7 +42,7 @@ def build_benchmark(output_dir: str | Path, *, long_side: int = 768, per_categor
     `per_category` rows of each category (default 20; 1 makes a quick smoke build)."""
     from .export import bench_row
     from .splits import BENCH
-    from .stages import kept, recipe_of, stage_gt, stage_recipes, stage_requests, stage_splits
+    from ..pipeline.data import kept, recipe_of, stage_gt, stage_recipes, stage_requests, stage_splits
 
     out = Path(output_dir)
     work = out / "_build"

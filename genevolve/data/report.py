@@ -34,7 +34,7 @@ def _reasons(error: str) -> list[str]:
 
 
 def stage_report(out: Path) -> dict[str, Any]:
-    from .stages import load
+    from ..pipeline.data import load
 
     out = Path(out)
     table, by_category, reasons = [], {}, {}
@@ -125,7 +125,7 @@ async def stage_calibrate(out: Path, *, pairs: int = 32, seed: int = 0, long_sid
     from ..jsonio import atomic_write_json as write
     from .ground_truth import cross_rendition_pairs
     from .recipes import gt_gen_prompt
-    from .stages import kept, load, recipe_of
+    from ..pipeline.data import kept, load, recipe_of
 
     out = Path(out)
     recipes, requests, teacher, gts = kept(out, "recipes"), kept(out, "requests"), load(out, "teacher"), load(out, "gt")

@@ -16,15 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..data.taxonomy import CATEGORIES, KA_SHARE, Recipe, RecipeError
 from ..jsonio import atomic_write_json, read_jsonl_tolerant, write_jsonl_atomic
-from ..pipeline.batch import ResultStore, Row, read_rows, run_items
-from .taxonomy import CATEGORIES, KA_SHARE, Recipe, RecipeError
+from .batch import ResultStore, Row, StageError, read_rows, run_items
 
 STAGES = ("recipes", "requests", "teacher", "checks", "splits", "gt", "export", "calibrate", "report")
-
-
-class StageError(RuntimeError):
-    """A stage cannot start: its input is missing or unusable. The message says which and why."""
 
 
 def load(out: Path, stage: str) -> dict[str, dict[str, Any]]:
@@ -52,8 +48,8 @@ def recipe_of(record: dict[str, Any], where: str) -> Recipe:
 def stage_recipes(out: Path, *, n: int, seed: int = 0, categories: list[str] | None = None,
                   ka_share: float = KA_SHARE, per_category: int | None = None, world: Any = None,
                   library_dir: str | None = None, search_index_dir: str | None = None) -> dict[str, Any]:
-    from .recipes import sample_recipes
-    from .world import OfflineWorld
+    from ..data.recipes import sample_recipes
+    from ..data.world import OfflineWorld
 
     params = {"n": n, "seed": seed, "categories": categories, "ka_share": ka_share, "per_category": per_category}
     done = _read_json(Path(out) / "recipes" / "params.json")
@@ -111,7 +107,7 @@ def import_recipes(out: Path, path: str | Path) -> dict[str, Any]:
 
 async def stage_requests(out: Path, *, writer: Any = None, attempts: int = 3, parallel: int = 1,
                          progress: bool = False) -> dict[str, Any]:
-    from .writers import NearDuplicates, OfflineWriter, check_request, prompt_hash
+    from ..data.writers import NearDuplicates, OfflineWriter, check_request, prompt_hash
 
     writer = writer or OfflineWriter()
     recipes = kept(out, "recipes")
@@ -225,7 +221,7 @@ async def stage_teacher(out: Path, *, teacher: str = "expert", teacher_options: 
 async def stage_checks(out: Path, *, auditor: Any = None, min_mean: float | None = None,
                        min_each: float | None = None, parallel: int = 4, progress: bool = False) -> dict[str, Any]:
     from ..trajectory import Trajectory
-    from .checks import MIN_EACH, MIN_MEAN, audit_passes, offline_audit, run_checks
+    from ..data.checks import MIN_EACH, MIN_MEAN, audit_passes, offline_audit, run_checks
 
     recipes, teacher = kept(out, "recipes"), kept(out, "teacher")
     store = ResultStore(Path(out) / "checks", json_every_s=3600)
@@ -267,7 +263,7 @@ def gt_capable(offline: bool = True) -> set[str]:
 def stage_splits(out: Path, *, source: str = "checks", offline: bool = True, seed: int = 0,
                  **shares: float) -> dict[str, Any]:
     """Assign every kept row of `source` ("checks", or "requests" when there is no teacher stage)."""
-    from .splits import SPLITS, assign_splits, verify_decontamination
+    from ..data.splits import SPLITS, assign_splits, verify_decontamination
 
     recipes, requests = kept(out, "recipes"), kept(out, "requests")
     rows = []
@@ -296,8 +292,8 @@ async def stage_gt(out: Path, *, generator: Any = None, long_side: int = 512, li
                    parallel: int = 2, progress: bool = False) -> dict[str, Any]:
     from ..generators.offline import OfflineRenderer
     from ..tools.image_library import ImageLibrary
-    from .ground_truth import gt_program, library_id_of, render_to, visual_filter
-    from .splits import BENCH, POOL_TRAIN, POOL_VAL
+    from ..data.ground_truth import gt_program, library_id_of, render_to, visual_filter
+    from ..data.splits import BENCH, POOL_TRAIN, POOL_VAL
 
     recipes, teacher = kept(out, "recipes"), load(out, "teacher")
     todo = {k: v for k, v in kept(out, "splits").items() if v["split"] in (POOL_TRAIN, POOL_VAL, BENCH)}
@@ -338,8 +334,8 @@ def build(out: str | Path, *, n: int, seed: int = 0, categories: list[str] | Non
     """Every stage in order; returns the report. `teacher` is "expert", a policy name (or any name with
     `teacher_policy` given), or None to skip teacher and checks: rows then go straight from requests to
     the pool and the benchmark, as the offline benchmark builder does."""
-    from .export import stage_export
-    from .report import stage_calibrate, stage_report
+    from ..data.export import stage_export
+    from ..data.report import stage_calibrate, stage_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
