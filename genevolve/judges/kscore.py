@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..config import parse_bool
 from .base import DIMENSIONS, Judge, JudgeError, JudgeResult
 from .vlm_client import EndpointJudge, ask_until_valid, extract_json, text_part
 
@@ -54,7 +55,7 @@ Answer with one JSON object and nothing else:
 def parse_kscore_reply(reply: str) -> tuple[dict[str, float], bool, str]:
     """(scores, text_accuracy_na, rationale) from a judge reply; ValueError when unusable."""
     obj = extract_json(reply)
-    na = _as_bool(obj.get("text_accuracy_na", False), "text_accuracy_na")
+    na = parse_bool(obj.get("text_accuracy_na", False), "text_accuracy_na")
     scores: dict[str, float] = {}
     for dim in DIMENSIONS:
         if dim == "text_accuracy" and na:
@@ -79,18 +80,6 @@ def grade(value: Any, name: str, allowed: tuple[float, ...]) -> float:
         if abs(number - a) < 1e-9:
             return a
     raise ValueError(f"{name}={value!r} is not one of {', '.join(f'{a:g}' for a in allowed)}")
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
-        return value.strip().lower() in ("true", "yes")
-    if value is None:
-        return False
-    raise ValueError(f"{name}={value!r} is not true/false")
 
 
 def missing_images(**paths: str | Path | None) -> str | None:
