@@ -1,0 +1,109 @@
+"""Training metrics: one JSON object per step in `metrics.jsonl`, TensorBoard when installed, a PNG.
+
+The JSON lines file is the record (appended and flushed per step, so a crash loses nothing); a
+resumed run first drops lines past its checkpoint, so every step appears once. TensorBoard and
+the PNG are views of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+# Curves drawn in the PNG, when present.
+PLOTTED = ("reward_mean", "answer_rate", "loss", "pg_loss", "kl", "clip_fraction", "sdl_loss", "lr",
+           "grad_norm", "tool_calls_per_run", "seconds_step")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested dict as 'a/b' keys."""
+    out: dict[str, float] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+class MetricsLog:
+    def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except Exception:             # TensorBoard is optional (not installed, or broken)
+                self._writer = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after `step` (written before a crash, past the checkpoint)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+        if self._writer is not None:
+            for key, value in flatten(record).items():
+                if key != "step":
+                    self._writer.add_scalar(key, value, int(record.get("step", 0)))
+            self._writer.flush()
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_curves(records: list[dict[str, Any]], out: str | os.PathLike, title: str = "") -> Path | None:
+    """A PNG with one small panel per plotted metric; None when matplotlib is missing or nothing to draw."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    flat = [flatten(r) for r in records]
+    names = [n for n in PLOTTED if any(n in f for f in flat)]
+    if not names:
+        return None
+    cols = 3
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    x_key = "step" if any("step" in f for f in flat) else None
+    for ax, name in zip(axes.flat, names):
+        pts = [(f.get(x_key, i) if x_key else i, f[name]) for i, f in enumerate(flat) if name in f]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 40 else None)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
