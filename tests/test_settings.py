@@ -256,3 +256,18 @@ def test_library_modules_read_no_environment_and_raise_no_systemexit():
         if re.search(r"raise SystemExit", text):
             offenders.append(f"{rel}: raises SystemExit")
     assert not offenders, offenders
+
+
+def test_the_hf_policy_is_built_from_a_checkpoint_folder(tmp_path):
+    pytest.importorskip("transformers")
+    from genevolve.policies.hf import HFPolicy
+    from genevolve.settings import build_policy, resolve_settings
+    from genevolve.train.tiny import build_tiny_checkpoint
+
+    folder = build_tiny_checkpoint(tmp_path / "tiny")
+    settings = resolve_settings({"policy.name": "hf", "policy.model_path": str(folder),
+                                 "policy.budget": {"tool_call_budget": 4}})
+    policy = build_policy(settings)
+    assert isinstance(policy, HFPolicy) and policy.tool_call_budget == 4
+    with pytest.raises(ConfigError, match="--model-path"):
+        build_policy(resolve_settings({"policy.name": "hf"}))
