@@ -40,9 +40,9 @@ def opt(default: Any, help: str, *, env: tuple[str, ...] | str = (), toml: str |
 class PolicySettings:
     table: ClassVar[str] = "policy"
     name: str | None = opt(None, "which policy drives the agent: local (a GGUF in llama.cpp), openai (a server), "
-                               "hf (a transformers checkpoint in this process, --model-path DIR) or scripted "
-                               "(default: openai when a base URL is set, else local)", env="GENEVOLVE_POLICY",
-                               choices=("local", "openai", "hf", "scripted"))
+                               "hf:DIR (a transformers checkpoint in this process; or hf with --model-path DIR) "
+                               "or scripted (default: openai when a base URL is set, else local)",
+                               env="GENEVOLVE_POLICY")
     base_url: str | None = opt(None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1",
                                    env="OPENAI_BASE_URL")
     model: str | None = opt(None, "model name on that server", env="GENEVOLVE_MODEL")
@@ -420,6 +420,9 @@ def build_policy(s: Settings):
 
     p = s.policy
     name = p.name or ("openai" if p.base_url else "local")
+    name, _, checkpoint = name.partition(":")          # "hf:runs/grpo/model"
+    if checkpoint and name != "hf":
+        raise ConfigError(f"--policy {p.name!r}: only hf takes a folder after ':'")
     if name == "openai":
         if not p.base_url:
             raise ConfigError("the openai policy needs a server: pass --base-url (e.g. http://127.0.0.1:8000/v1), "
@@ -434,10 +437,10 @@ def build_policy(s: Settings):
             raise ConfigError(f"policy option {', '.join(unknown)} (--policy-opt or [policy]): not a {name} policy "
                               f"option; known: {', '.join(LocalGGUFPolicy.DEFAULT_BUDGET)}")
         if name == "hf":               # the same budget keys as the embedded policy
-            if not p.model_path:
-                raise ConfigError("--policy hf needs --model-path DIR (a checkpoint folder, e.g. runs/grpo/model)")
-            return make_policy("hf", path=p.model_path, constrained=p.constrained, n_threads=p.n_threads,
-                               **p.budget)
+            if not (checkpoint or p.model_path):
+                raise ConfigError("--policy hf needs a checkpoint folder: --policy hf:DIR or --model-path DIR")
+            return make_policy("hf", path=checkpoint or p.model_path, constrained=p.constrained,
+                               n_threads=p.n_threads, **p.budget)
         options = {"model_path": p.model_path, "constrained": p.constrained, "prefix_cache": p.prefix_cache}
         if p.n_ctx is not None:
             options["n_ctx"] = p.n_ctx

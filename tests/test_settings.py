@@ -269,5 +269,8 @@ def test_the_hf_policy_is_built_from_a_checkpoint_folder(tmp_path):
                                  "policy.budget": {"tool_call_budget": 4}})
     policy = build_policy(settings)
     assert isinstance(policy, HFPolicy) and policy.tool_call_budget == 4
+    assert isinstance(build_policy(resolve_settings({"policy.name": f"hf:{folder}"})), HFPolicy)
     with pytest.raises(ConfigError, match="--model-path"):
         build_policy(resolve_settings({"policy.name": "hf"}))
+    with pytest.raises(ConfigError, match="unknown policy"):
+        build_policy(resolve_settings({"policy.name": "gpt"}))
