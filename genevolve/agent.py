@@ -20,6 +20,7 @@ from typing import Any, Callable
 from . import protocol
 from .answer import AnswerRules, resolve_answer
 from .jsonio import clean_json, clean_text
+from .limits import MAX_OBSERVATION_CHARS
 from .policies.base import (ANSWER_ONLY, ANY, IMAGE_SEARCH_ONLY, TOOLS_ONLY, Policy, PolicyError, Sampling,
                             TurnContext, require_tokens)
 from .program import unusable_issues
@@ -27,8 +28,10 @@ from .tools.base import Tool, ToolArgumentError, ToolContext, ToolResult
 from .released import FALLBACK_SYSTEM_NOTE, load_released_assets, parse_released_turn
 from .trajectory import ANSWER, ERROR, MAX_ROUNDS, NO_ANSWER, Action, Answer, Termination, ToolCall, Trajectory, Turn
 
-# Observations longer than this are cut before they reach the policy (the record keeps the cut too).
-MAX_OBSERVATION_CHARS = 12_000
+# Observations longer than MAX_OBSERVATION_CHARS (genevolve/limits.py) are cut before they reach the
+# policy (the record keeps the cut too). The released runtime cuts nothing; this only keeps a hostile
+# backend from filling memory.
+RELEASED_OBSERVATION_CHARS = 1_000_000
 
 # Called as the run advances, for live progress views: ("turn", trajectory, Turn) after each policy
 # reply is parsed, ("tool_call", trajectory, ToolCall) after each tool call finishes.
@@ -127,8 +130,9 @@ class Agent:
                           protocol=self.config.protocol, guide=guide or None)
         ctx = ToolContext(request=request,
                           observation_chars=getattr(self.policy, "observation_chars", None) or MAX_OBSERVATION_CHARS)
-        if self.assets is not None:
+        if self.assets is not None:     # the released runtime shows observations whole
             ctx.layout, ctx.skill_texts = "released", self.assets.skill_texts
+            ctx.observation_chars = RELEASED_OBSERVATION_CHARS
         t0 = time.perf_counter()
         try:
             await self._loop(traj, ctx)

@@ -113,6 +113,11 @@ class ImageSearchBackend(ABC):
     @abstractmethod
     async def search_images(self, query: str, top_k: int) -> list[ImageHit]: ...
 
+    async def search_images_released(self, query: str, top_k: int) -> list[ImageHit]:
+        """The images as the released runtime's search returns them (a web backend asks for exactly
+        `top_k` candidates and keeps those it can download); the same as `search_images` here."""
+        return await self.search_images(query, top_k)
+
     async def aclose(self) -> None:
         pass
 

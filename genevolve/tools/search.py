@@ -32,12 +32,12 @@ class SearchTool(Tool):
         self.backend = backend
 
     async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        if ctx.layout == "released":
+            return await self._call_released(arguments)
         args = validate_arguments(self.parameters, arguments)
         queries = [q.strip() for q in args["queries"]]
         results = await asyncio.gather(*(self.backend.search(q, args["top_k"]) for q in queries),
                                        return_exceptions=True)
-        if ctx.layout == "released":
-            return self._released(queries, results, args["top_k"])
         # A small observation budget shows fewer hits rather than snippets too short to use.
         fit = max(1, ctx.observation_chars // (len(queries) * (HIT_OVERHEAD_CHARS + MIN_SNIPPET_CHARS)))
         results = [h[:fit] if isinstance(h, list) else h for h in results]
@@ -57,11 +57,25 @@ class SearchTool(Tool):
             else:
                 for i, h in enumerate(hits, 1):
                     snippet = _shorten(" ".join(h.snippet.split()), snippet_chars)
-                    lines.append(f"{i}. {h.title}\n   Source: {h.url}\n   {snippet}")
+                    source = f"\n   Source: {h.url}" if h.url else ""
+                    lines.append(f"{i}. {h.title or h.url}{source}\n   {snippet}")
                 data.append({"query": q, "hits": hit_dicts(hits)})
             blocks.append("\n".join(lines))
         return ToolResult(text="\n\n".join(blocks), data={"backend": self.backend.name, "results": data},
                           error="; ".join(errors) if errors and len(errors) == len(queries) else None)
+
+    async def _call_released(self, arguments: Any) -> ToolResult:
+        """As the released runtime calls search: no schema, a lone query string becomes a list,
+        blank queries are skipped, `top_k` is any number (0 or missing: 5)."""
+        args = arguments if isinstance(arguments, dict) else {}
+        queries = args.get("queries") or []
+        queries = [queries] if isinstance(queries, str) else queries
+        top_k = _released_count(args.get("top_k"))
+        if not isinstance(queries, list) or not queries:
+            return ToolResult(text="[search] empty queries", data={"backend": self.backend.name, "results": []})
+        queries = [q for q in (_released_text(q, "queries") for q in queries) if q]
+        results = await asyncio.gather(*(self.backend.search(q, top_k) for q in queries), return_exceptions=True)
+        return self._released(queries, results, top_k)
 
     def _released(self, queries: list[str], results: list[Any], top_k: int) -> ToolResult:
         """The released runtime's layout: numbered `title:`/`url:`/`snippet:` lines per query,
@@ -87,6 +101,20 @@ class SearchTool(Tool):
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+
+
+def _released_count(value: Any) -> int:
+    """`top_k` as the released runtime reads it: any number, 0 or missing meaning 5 (a value that is
+    not a number raises, which the agent shows as a tool error)."""
+    return int(value or 5)
+
+
+def _released_text(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be text, got {type(value).__name__}")
+    return value.strip()
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -115,11 +143,18 @@ class ImageSearchTool(Tool):
         self.backend = backend
 
     async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
-        args = validate_arguments(self.parameters, arguments)
-        query = args["query"].strip()
         released = ctx.layout == "released"
+        if released:        # as the released runtime calls it: no schema, any top_k, a blank query finds nothing
+            args = arguments if isinstance(arguments, dict) else {}
+            query, top_k = _released_text(args.get("query"), "query"), _released_count(args.get("top_k"))
+            if not query:
+                return self._released(query, [], ctx)
+        else:
+            args = validate_arguments(self.parameters, arguments)
+            query, top_k = args["query"].strip(), args["top_k"]
         try:
-            hits = await self.backend.search_images(query, args["top_k"])
+            hits = await (self.backend.search_images_released(query, top_k) if released else
+                          self.backend.search_images(query, top_k))
         except Exception as exc:  # a failed search is an observation, not the end of the run
             if released:          # the released runtime shows a failed search as an empty one
                 hits = []

@@ -204,24 +204,36 @@ class _ImageDownloads:
         self.dropped: Counter[str] = Counter()
 
     async def keep_first(self, query: str, candidates: list[tuple[str, str, str | None]],
-                         top_k: int) -> list[ImageHit]:
-        """Download (image_url, title, page_url) candidates in rank order until top_k are kept."""
-        unique = list({url: (url, title, page) for url, title, page in candidates if url}.values())
+                         top_k: int, untitled: str | None = None, repeats: bool = False) -> list[ImageHit]:
+        """Download (image_url, title, page_url) candidates in rank order until top_k are kept. An
+        untitled image is named `untitled` (default: the query). A URL listed twice is fetched once;
+        its later listings are dropped, or with `repeats` (as the released runtime does) kept as hits
+        of the same image, which then share one IMG id."""
+        first: dict[str, int] = {}
+        ranked: list[tuple[str, str, str | None]] = []
+        for url, title, page in candidates:
+            if url and (repeats or url not in first):
+                first.setdefault(url, len(ranked))
+                ranked.append((url, title, page))
+        fetched: dict[str, Any] = {}
         kept: dict[int, ImageHit] = {}
-        pending = list(enumerate(unique))
+        pending = list(enumerate(ranked))
         while pending and len(kept) < top_k:
             wave, pending = pending[:top_k - len(kept)], pending[top_k - len(kept):]
-            results = await asyncio.gather(*(self.downloader.fetch(url) for _, (url, _, _) in wave),
-                                           return_exceptions=True)
-            for (rank, (url, title, page)), result in zip(wave, results):
+            new = list(dict.fromkeys(url for _, (url, _, _) in wave if url not in fetched))
+            results = await asyncio.gather(*(self.downloader.fetch(url) for url in new), return_exceptions=True)
+            for url, result in zip(new, results):
                 if isinstance(result, DownloadRejected):
                     self.dropped[str(result.reason)] += 1
                     log.info("%s image search [%s]: dropped %s (%s: %s; %d bytes read)", self.source,
                              query, url, result.reason, result.message, result.bytes_read)
                 elif isinstance(result, BaseException):
                     raise result
-                else:
-                    kept[rank] = ImageHit(title=title or query, local_path=result.path, url=url,
+                fetched[url] = result
+            for rank, (url, title, page) in wave:
+                result = fetched[url]
+                if not isinstance(result, BaseException):
+                    kept[rank] = ImageHit(title=title or untitled or query, local_path=result.path, url=url,
                                           page_url=page, key=url, source=self.source)
         return [kept[rank] for rank in sorted(kept)]
 
@@ -274,9 +286,11 @@ class SerperSearchBackend(SearchBackend):
         body = _serper_body(query, top_k, self.gl, self.hl)
         data = await self.api.call("POST", "/search", query, {k: v for k, v in body.items() if k != "q"},
                                    json=body)
-        hits = [SearchHit(title=_text(item, "title") or _text(item, "link"), url=_text(item, "link"),
+        # Items without a link are kept (their title and snippet still inform); the layout decides
+        # what to show for a missing title or link.
+        hits = [SearchHit(title=_text(item, "title"), url=_text(item, "link") or _text(item, "url"),
                           snippet=_text(item, "snippet"), source="serper")
-                for item in _result_list(data, "organic", "Serper") if _text(item, "link")]
+                for item in _result_list(data, "organic", "Serper")]
         return hits[:top_k]
 
     async def aclose(self) -> None:
@@ -311,6 +325,19 @@ class SerperImageBackend(ImageSearchBackend):
         candidates = [(_text(item, "imageUrl"), _text(item, "title"), _text(item, "link") or None)
                       for item in _result_list(data, "images", "Serper")]
         return await self.images.keep_first(query, candidates, top_k)
+
+    async def search_images_released(self, query: str, top_k: int) -> list[ImageHit]:
+        """As the released runtime asks Serper: exactly `top_k` results, the image URL from the first
+        field that has one, "image" for an untitled result, the page from `link` or `source`; the
+        ones that cannot be downloaded are left out, not replaced."""
+        body = _serper_body(query, top_k, self.gl, self.hl)
+        data = await self.api.call("POST", "/images", query, {k: v for k, v in body.items() if k != "q"},
+                                   json=body)
+        candidates = [(next((_text(item, f) for f in ("imageUrl", "image_url", "thumbnailUrl", "url")
+                             if _text(item, f)), ""), _text(item, "title"),
+                       _text(item, "link") or _text(item, "source") or None)
+                      for item in _result_list(data, "images", "Serper")[:top_k]]
+        return await self.images.keep_first(query, candidates, top_k, untitled="image", repeats=True)
 
     async def aclose(self) -> None:
         await self.api.aclose()
