@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .limits import MAX_ANSWER_REFERENCE_ENTRIES, MAX_GEN_PROMPT_CHARS
 from .program import (IMG_ID_MENTION_RE, IMG_ID_RE, Program, ProgramIssue, REPAIR_ISSUES, Reference,
                       check_gen_prompt, ids_to_ordinals, renumber_ordinals)
 
@@ -29,6 +30,8 @@ class AnswerRules:
     drop_duplicates: bool = True           # the released runtime keeps a repeated id twice
     accept_bare_ids: bool = True           # "IMG_001" in the list instead of {"img_id": "IMG_001"}
     repairs: tuple[str, ...] = REPAIR_ISSUES   # which repair steps run, in this order
+    max_gen_prompt_chars: int = MAX_GEN_PROMPT_CHARS          # longer is cut (genevolve/limits.py)
+    max_reference_entries: int = MAX_ANSWER_REFERENCE_ENTRIES   # entries of the list looked at
 
     def __post_init__(self) -> None:
         unknown = set(self.repairs) - set(REPAIRS)
@@ -52,6 +55,10 @@ def resolve_answer(answer: Any, found: dict[str, Reference], rules: AnswerRules 
         issues.append(ProgramIssue("gen_prompt_not_string", type(gen_prompt).__name__))
         gen_prompt = "" if gen_prompt is None else json.dumps(gen_prompt, ensure_ascii=False)
     gen_prompt = gen_prompt.strip()
+    if len(gen_prompt) > rules.max_gen_prompt_chars:      # bounded before any repair or generator reads it
+        issues.append(ProgramIssue("gen_prompt_truncated", f"{len(gen_prompt):,} characters; kept the first "
+                                                          f"{rules.max_gen_prompt_chars:,}"))
+        gen_prompt = gen_prompt[:rules.max_gen_prompt_chars].rstrip()
     chosen = _resolve_references(answer.get("reference_images", []), found, rules, issues)
     written = Program(gen_prompt=gen_prompt, references=chosen)
     program = Program(gen_prompt=gen_prompt, references=list(chosen))
@@ -66,6 +73,10 @@ def _resolve_references(raw: Any, found: dict[str, Reference], rules: AnswerRule
     if not isinstance(raw, list):
         issues.append(ProgramIssue("reference_images_not_list", type(raw).__name__))
         raw = []
+    if len(raw) > rules.max_reference_entries:           # one issue for the rest, not one per entry
+        issues.append(ProgramIssue("reference_list_cut", f"{len(raw):,} entries; read the first "
+                                                        f"{rules.max_reference_entries}"))
+        raw = raw[:rules.max_reference_entries]
     kept: list[Reference] = []
     for item in raw:
         if isinstance(item, str) and rules.accept_bare_ids:

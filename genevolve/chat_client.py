@@ -16,8 +16,9 @@ from typing import Any, Callable
 import aiohttp
 
 from .httpretry import RetryPolicy, parse_retry_after, safe_url
+from .limits import MAX_REPLY_BYTES
 
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024     # a chat reply larger than this is a broken server
+MAX_RESPONSE_BYTES = MAX_REPLY_BYTES     # a chat reply larger than this is a broken server
 
 
 class ChatError(RuntimeError):

@@ -58,8 +58,9 @@ class ProgramIssue:
 # Issue kinds. Resolution: how the answer's reference list became the program's. Repairs: what
 # the runtime rewrote (each a named step a protocol mode may switch off). Unusable: what a
 # generator would trip over; an answer with one of these is not usable as written.
-RESOLUTION_ISSUES = ("gen_prompt_not_string", "reference_images_not_list", "malformed_reference",
-                     "unknown_img_id", "duplicate_img_id", "references_reordered", "references_truncated")
+RESOLUTION_ISSUES = ("gen_prompt_not_string", "gen_prompt_truncated", "reference_images_not_list",
+                     "reference_list_cut", "malformed_reference", "unknown_img_id", "duplicate_img_id",
+                     "references_reordered", "references_truncated")
 REPAIR_ISSUES = ("reference_added", "img_id_replaced", "ordinal_renumbered")
 UNUSABLE_ISSUES = ("empty_gen_prompt", "ordinal_out_of_range", "img_id_in_gen_prompt", "url_in_gen_prompt")
 ISSUE_KINDS = RESOLUTION_ISSUES + REPAIR_ISSUES + UNUSABLE_ISSUES

@@ -32,6 +32,32 @@ def register(*values: str | None) -> None:
     _REGISTERED.update(v for v in values if v and len(v) >= MIN_SECRET_CHARS)
 
 
+_KEY_LIKE_PARAM = re.compile(r"(?i)^(api[_-]?key|key|token|access[_-]?token|auth|secret|password|sig|signature)$")
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials a URL carries: the password of its user info (or the user name alone, the
+    form some services take a token in) and the values of key-like query parameters."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    if not url or "://" not in url:
+        return []
+    try:
+        parts = urlsplit(url.strip())
+        found = [parts.password or parts.username or ""]
+        found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if _KEY_LIKE_PARAM.match(k)]
+    except ValueError:                 # not a URL after all (a bad port, brackets): nothing to take
+        return []
+    return [v for v in found if v]
+
+
+def register_urls(*urls: str | None) -> None:
+    """Register the credentials inside these URLs (see `url_secrets`): servers echo them back in
+    their errors without the URL around them, where the URL-shaped patterns cannot see them."""
+    for url in urls:
+        register(*url_secrets(url))
+
+
 def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
     """`text` with every registered or given secret and every credential-shaped substring replaced
     by ***. Keys are plain ASCII, so they read the same inside JSON text."""

@@ -262,3 +262,84 @@ def test_wise_run_then_score(tmp_path, capsys):
     summary = json.loads((out / "wise_verified_summary.json").read_text())
     assert summary["categories"]["cultural"]["score"] == 1.0 and summary["categories"]["time"]["score"] == 0.0
     assert summary["overall"] is None and summary["overall_renormalised"] == pytest.approx(0.4 / 0.52)
+
+
+# ------------------------------------------------------------------ the WISE repository's data folders
+
+VERIFIED_LAYOUT = {       # file name -> (first prompt_id, Category labels in order), as in data_verified/
+    "cultural_common_sense_verified.json": [(i, "Cultural knowledge") for i in range(1, 13)],
+    "spatio-temporal_reasoning_verified.json": [(i, "time") for i in range(401, 405)]
+                                               + [(i, "Space") for i in range(521, 525)],
+    "natural_science_verified.json": [(i, "Biology") for i in range(641, 645)]
+                                     + [(i, "Physical Knowledge") for i in range(761, 765)]
+                                     + [(i, "Chemistry") for i in range(881, 885)],
+}
+
+
+def wise_data_folder(tmp_path, rewritten=False):
+    """A folder in the layout of WISE's data_verified/ (category files plus merge.json, which repeats
+    their prompt_ids), or of WISE_legacy/data/ (category files plus *_rewrite.json copies)."""
+    folder = tmp_path / ("legacy_data" if rewritten else "data_verified")
+    folder.mkdir()
+    merged = []
+    for name, items in VERIFIED_LAYOUT.items():
+        records = [record(pid, category) for pid, category in items]
+        write_prompts(folder, name, records)
+        merged += records
+        if rewritten:
+            write_prompts(folder, name.replace(".json", "_rewrite.json"),
+                          [{**r, "Prompt": f"Answer {r['prompt_id']}."} for r in records])
+    if not rewritten:
+        write_prompts(folder, "merge.json", merged)
+    return folder
+
+
+@pytest.mark.parametrize("rewritten", [False, True])
+def test_a_wise_data_folder_reads_its_category_files_and_skips_the_copies(tmp_path, rewritten):
+    folder = wise_data_folder(tmp_path, rewritten)
+    notes = []
+    prompts = load_prompts([folder], say=notes.append)
+    expected = sorted(pid for items in VERIFIED_LAYOUT.values() for pid, _ in items)
+    assert [p.prompt_id for p in prompts] == expected
+    assert all(p.prompt.startswith("Prompt number") for p in prompts)      # never the rewritten prompts
+    assert len(notes) == (3 if rewritten else 1) and all(n.startswith("skipping ") for n in notes)
+    assert ("_rewrite.json" if rewritten else "merge.json") in notes[0]
+    # the folder's files named one by one (a shell glob) read the same way
+    assert [p.prompt_id for p in load_prompts(sorted(folder.glob("*.json")))] == expected
+    if not rewritten:                              # the merged file alone is read as asked
+        assert [p.prompt_id for p in load_prompts([folder / "merge.json"])] == expected
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .json prompt files"):
+        load_prompts([tmp_path / "empty"])
+
+
+def test_sample_is_stratified_by_category_and_seeded(tmp_path):
+    from genevolve.judges.wise import CATEGORIES, normalised_category, sample_prompts
+
+    prompts = load_prompts([wise_data_folder(tmp_path)])           # 12 cultural and 4 in each of 5 others
+    picked = sample_prompts(prompts, 8, seed=3)
+    by_category = {c: sum(normalised_category(p.category) == c for p in picked) for c in CATEGORIES}
+    assert by_category == {"cultural": 3, "time": 1, "space": 1, "biology": 1, "physics": 1, "chemistry": 1}
+    assert [p.prompt_id for p in picked] == sorted(p.prompt_id for p in picked)
+    assert picked == sample_prompts(prompts, 8, seed=3)
+    assert any(sample_prompts(prompts, 8, seed=s) != picked for s in range(4, 10))
+    half = sample_prompts(prompts, 16, seed=0)
+    counts = {c: sum(normalised_category(p.category) == c for p in half) for c in ("cultural", "time", "space")}
+    assert counts == {"cultural": 6, "time": 2, "space": 2}
+    assert len(sample_prompts(prompts, 100, seed=0)) == len(prompts)
+
+
+def test_wise_run_takes_the_data_folder_and_a_sample(tmp_path, capsys):
+    folder = wise_data_folder(tmp_path)
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(['<think>Known.</think>\n<answer>{"gen_prompt": "A still life", '
+                                  '"reference_images": []}</answer>']))
+    out = tmp_path / "run"
+    assert run_cli(["wise", "run", "--prompts", str(folder), "--sample", "6", "--seed", "1", "--output-dir", str(out),
+                    "--policy", "scripted", "--script", str(script), "--backend", "offline", "--backend-opt",
+                    "long_side=64", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping" in captured.err and "merge.json" in captured.err
+    ids = [int(r["id"]) for r in json.loads((out / "results.json").read_text())]
+    assert len(ids) == 6 and len({VERIFIED.category_of(i) for i in ids}) >= 4
+    assert sorted(p.stem for p in (out / "images").iterdir()) == sorted(map(str, ids))

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..limits import MAX_REQUEST_CHARS
 from .common import add_backend_args, add_policy_args, add_tool_args, command_settings, fail, say
-
-MAX_REQUEST_CHARS = 4000
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
     if not request:
         return fail("the request is empty: say what to draw")
     if len(request) > MAX_REQUEST_CHARS:
-        say(f"the request has {len(request)} characters; using the first {MAX_REQUEST_CHARS}")
+        say(f"the request has {len(request):,} characters, over the limit of {MAX_REQUEST_CHARS:,}; "
+            f"using the first {MAX_REQUEST_CHARS:,}")
         request = request[:MAX_REQUEST_CHARS]
     out_png = Path(args.output)
     if out_png.suffix.lower() != ".png":

@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run the agent on one prompt or a .jsonl/.json file of rows with a "
                                    "'prompt' or 'question' field (extra fields pass through). Each finished "
                                    "item is appended to DIR/results.jsonl; DIR/results.json is rewritten "
-                                   "atomically. A rerun skips ids already done and retries failed runs.")
+                                   "atomically. A rerun skips ids already done and retries failed runs. "
+                                   "Exit status 1 when every item failed.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="a single request")
     src.add_argument("--input", help="a .jsonl or .json file of rows")
@@ -44,5 +45,9 @@ def main(args: argparse.Namespace) -> int:
             say(f"skipping {p.message}")
     counts = asyncio.run(run_agents(command_settings(args), rows, problems, args.output_dir, parallel=args.parallel,
                                     retry_errors=not args.no_retry_errors, progress=not args.quiet))
+    first_error = counts.pop("first_error", None)
     print(json.dumps({"output_dir": args.output_dir, **counts}))
+    items = len(rows) + len(problems)
+    if items and counts.get("failed") == items:       # nothing ran: say so, and let scripts see it
+        return fail(f"every item failed ({items} of {items}); the first: {str(first_error)[:300]}", code=1)
     return 0

@@ -19,11 +19,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from ..limits import MAX_IMAGE_PIXELS
 from ..program import Program
 from .base import GeneratorError
-
-# Largest image we decode, from a file or a reply (a 50,000 x 50,000 PNG is 2.5 gigapixels).
-MAX_IMAGE_PIXELS = 64_000_000
 # References are sent to services at most this long on their long side: every backend we talk to
 # resizes inputs to about a megapixel anyway, so larger uploads only cost bandwidth.
 MAX_UPLOAD_SIDE = 2048

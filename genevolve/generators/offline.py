@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from ..limits import MAX_IMAGE_PIXELS
 from ..program import Program, Reference
 from .base import Generator, GeneratorError, RenderResult
 from .imageio import output_size
@@ -58,7 +59,7 @@ class OfflineRenderer(Generator):
     max_concurrency = 2
 
     def __init__(self, long_side: int = 1024, seed: int = 0, font: str | None = None,
-                 max_reference_pixels: int = 64_000_000):
+                 max_reference_pixels: int = MAX_IMAGE_PIXELS):
         self.long_side = max(64, int(long_side) // 16 * 16)
         self.seed = int(seed)
         self.max_reference_pixels = int(max_reference_pixels)

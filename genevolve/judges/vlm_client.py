@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from ..chat_client import ChatClient, ChatError
 from ..httpretry import RetryPolicy
 from ..jsonio import extract_json  # noqa: F401  (judges read replies with it)
+from ..limits import MAX_IMAGE_PIXELS
 from .base import JudgeError
 
 
@@ -46,33 +48,45 @@ def resolve_endpoint(base_url: str | None = None, model: str | None = None,
 # ---------------------------------------------------------------------------------------------
 # Images
 
-def image_data_url(path: str | Path, max_side: int = 4096, quality: int = 95) -> str:
+def image_data_url(path: str | Path, max_side: int = 4096, quality: int = 95,
+                   max_pixels: int = MAX_IMAGE_PIXELS) -> str:
     """The image at `path` as a JPEG data URL, its long side at most `max_side` pixels.
 
     Re-encoding makes every judge see the same kind of input whatever the source format
-    (PNG with alpha, WebP, huge TIFF) and bounds the request size.
+    (PNG with alpha, WebP, huge TIFF) and bounds the request size. An image with more than
+    `max_pixels` pixels is refused before they are decoded (a large JPEG is first read at the
+    reduced scale that `max_side` needs, which may bring it under the cap).
     """
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                canvas = Image.new("RGB", im.size, (255, 255, 255))
-                canvas.paste(im, mask=im.getchannel("A"))
-                im = canvas
-            else:
-                im = im.convert("RGB")
-            if max(im.size) > max_side:
-                scale = max_side / max(im.size)
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                               Image.Resampling.LANCZOS)
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=quality)
+        with warnings.catch_warnings():
+            # Our cap decides; Pillow's own error (at twice its 89-megapixel warning) still applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.draft("RGB", (max_side, max_side))       # JPEG only: a no-op for other formats
+                if opened.width * opened.height > max_pixels:
+                    raise JudgeError(f"image {path}: {opened.width}x{opened.height} pixels is over the limit "
+                                     f"of {max_pixels:,}")
+                im = ImageOps.exif_transpose(opened)
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            canvas = Image.new("RGB", im.size, (255, 255, 255))
+            canvas.paste(im, mask=im.getchannel("A"))
+            im = canvas
+        else:
+            im = im.convert("RGB")
+        if max(im.size) > max_side:
+            scale = max_side / max(im.size)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                           Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=quality)
     except FileNotFoundError:
         raise JudgeError(f"image not found: {path}") from None
-    except OSError as exc:
+    except Image.DecompressionBombError as exc:
+        raise JudgeError(f"image {path}: too large ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise JudgeError(f"cannot read image {path}: {exc}") from None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 

@@ -17,10 +17,11 @@ Scoring a folder of images is a batch stage: `genevolve.pipeline.wise.score_imag
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .base import JudgeError
 from .kscore import grade, missing_images
@@ -75,11 +76,60 @@ class WisePrompt:
                 "explanation": self.explanation, "category": self.category, "subcategory": self.subcategory}
 
 
-def load_prompts(paths: Iterable[str | Path]) -> list[WisePrompt]:
-    """Read WISE prompt files; errors name the file, the record and the field."""
+# Files in the WISE repository's data folders that copy the category files: data_verified/merge.json
+# concatenates them, WISE_legacy/data/*_rewrite.json repeats them with prompts simplified to the answer.
+_MERGED = re.compile(r"^merge.*\.json$", re.IGNORECASE)
+_REWRITTEN = re.compile(r"_rewrite\.json$", re.IGNORECASE)
+
+
+def prompt_files(paths: Iterable[str | Path], say: Callable[[str], None] = lambda m: None) -> list[Path]:
+    """The prompt files that `paths` name: files as given, folders as their *.json files. Where
+    category files are among them, the merged and rewritten copies are skipped (their prompt_ids
+    repeat the category files'), each with a note to `say`; given alone, a copy is read as asked."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise ValueError(f"{path}: a folder with no .json prompt files")
+            files += found
+        else:
+            files.append(path)
+    copies = [f for f in files if _MERGED.search(f.name) or _REWRITTEN.search(f.name)]
+    if len(copies) == len(files):
+        return files
+    for f in copies:
+        what = ("the category files merged into one" if _MERGED.search(f.name) else
+                "the category file with its prompts rewritten")
+        say(f"skipping {f}: {what}, whose prompt_ids repeat the category files'")
+    return [f for f in files if f not in copies]
+
+
+def sample_prompts(prompts: list[WisePrompt], n: int, seed: int = 0) -> list[WisePrompt]:
+    """`n` prompts drawn at random (seeded) with each category's share of the whole, so a small
+    sample covers every category (the first n by prompt_id would all be cultural)."""
+    if n >= len(prompts):
+        return list(prompts)
+    groups: dict[str, list[WisePrompt]] = {}
+    for p in prompts:
+        groups.setdefault(normalised_category(p.category) or p.category.strip().lower(), []).append(p)
+    shares = {c: n * len(g) / len(prompts) for c, g in groups.items()}
+    counts = {c: int(share) for c, share in shares.items()}
+    # the seats left over go to the largest remainders (Hamilton's method), ties to the larger group
+    left = n - sum(counts.values())
+    for c in sorted(groups, key=lambda c: (shares[c] - counts[c], len(groups[c])), reverse=True)[:left]:
+        counts[c] += 1
+    rng = random.Random(seed)
+    chosen = [p for c, g in sorted(groups.items()) for p in rng.sample(g, counts[c])]
+    return sorted(chosen, key=lambda p: p.prompt_id)
+
+
+def load_prompts(paths: Iterable[str | Path], say: Callable[[str], None] = lambda m: None) -> list[WisePrompt]:
+    """Read WISE prompt files, or the WISE repository's data folders (see `prompt_files`); errors
+    name the file, the record and the field."""
     prompts: list[WisePrompt] = []
     seen: dict[int, str] = {}
-    for path in map(Path, paths):
+    for path in prompt_files(paths, say):
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
         except OSError as exc:

@@ -19,7 +19,9 @@ def is_failed(record: dict[str, Any]) -> bool:
 async def run_agent_batch(agent: Agent, rows: list[Row], problems: list[InputProblem], out_dir: str | Path,
                           *, parallel: int = 1, retry_errors: bool = True, progress: bool = True
                           ) -> dict[str, int]:
-    """Run the agent on every row not yet done in `out_dir`; returns counts for the report."""
+    """Run the agent on every row not yet done in `out_dir`; returns counts for the report:
+    total, skipped, ran, errors (records with an error, poor answers included), problems, failed
+    (items whose run failed, input problems included) and first_error (the first one's error)."""
     store = ResultStore(out_dir, "results", retry=is_failed if retry_errors else None)
     try:
         for p in problems:       # rows that cannot run still get a record that says why
@@ -44,4 +46,9 @@ async def run_agent_batch(agent: Agent, rows: list[Row], problems: list[InputPro
         counts["problems"] = len(problems)
     finally:
         store.close(order=[p.id for p in problems] + [r.id for r in rows])
+    # Items of this input whose run failed, this time or before (an item done earlier stays done).
+    failed = [store.records[i] for i in [p.id for p in problems] + [r.id for r in rows]
+              if i in store.records and is_failed(store.records[i])]
+    counts["failed"] = len(failed)
+    counts["first_error"] = failed[0].get("error") if failed else None
     return counts

@@ -21,7 +21,8 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from tqdm import tqdm
 
-from ..jsonio import JsonlAppender, atomic_write_json, read_jsonl_tolerant, write_jsonl_atomic
+from ..jsonio import JsonlAppender, atomic_write_json, clean_text, read_jsonl_tolerant, write_jsonl_atomic
+from ..limits import MAX_REQUEST_CHARS
 
 
 class InputError(ValueError):
@@ -53,10 +54,13 @@ class InputProblem:
 def read_rows(path: str | Path, *, duplicates: str = "error") -> tuple[list[Row], list[InputProblem]]:
     """Read a .jsonl file (one object per line) or a .json array of objects.
 
-    Rows without an `id` get `item_<position>`. Rows that are not JSON objects become problems.
-    Results are keyed by id, so a repeated id either makes the file unusable (`duplicates="error"`,
-    for inputs a person wrote) or keeps the first row and reports each repeat as a problem whose
-    id is `<id>#<line>` (`duplicates="keep_first"`, for results files that are judged as found).
+    A row's id is its `id`, else its `prompt_id` (WISE prompt files), else `item_<position>`. Rows
+    that are not JSON objects become problems with the id `line_<line>`. Results are keyed by id, so
+    a repeated id either makes the file unusable (`duplicates="error"`, for inputs a person wrote) or
+    keeps the first row and reports each repeat as a problem whose id is `<id>#<line>`
+    (`duplicates="keep_first"`, for results files that are judged as found). An id the reader makes
+    up never equals an id the file gives: when it would, it gets a suffix (`line_2~2`), so that a
+    problem's record can never mark a real row as done.
     """
     if duplicates not in ("error", "keep_first"):
         raise ValueError(f"duplicates must be 'error' or 'keep_first', not {duplicates!r}")
@@ -95,17 +99,27 @@ def read_rows(path: str | Path, *, duplicates: str = "error") -> tuple[list[Row]
     problems: list[InputProblem] = []
     seen: dict[str, int] = {}
     where = "line" if path.suffix.lower() != ".json" else "item"
+    taken = {given for _, obj, _ in entries if (given := _given_id(obj)) is not None}
+
+    def made_up(base: str) -> str:
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}~{n}"
+        taken.add(name)
+        return name
+
     for lineno, obj, error in entries:
         if error is None and not isinstance(obj, dict):
             error = f"expected a JSON object, got {type(obj).__name__}"
         if error is not None:
-            problems.append(InputProblem(id=f"line_{lineno}", line=lineno,
+            problems.append(InputProblem(id=made_up(f"line_{lineno}"), line=lineno,
                                          message=f"{path}:{lineno}: {error}"))
             continue
-        row_id = obj.get("id")
-        row_id = f"item_{lineno:06d}" if row_id is None or row_id == "" else str(row_id)
+        row_id = _given_id(obj)
+        row_id = made_up(f"item_{lineno:06d}") if row_id is None else row_id
         if row_id in seen and duplicates == "keep_first":
-            problems.append(InputProblem(id=f"{row_id}#{lineno}", line=lineno,
+            problems.append(InputProblem(id=made_up(f"{row_id}#{lineno}"), line=lineno,
                                          message=f"{path}:{lineno}: duplicate id '{row_id}' (first at {where} "
                                                  f"{seen[row_id]}); only the first row is used",
                                          duplicate_of=row_id))
@@ -118,16 +132,35 @@ def read_rows(path: str | Path, *, duplicates: str = "error") -> tuple[list[Row]
     return rows, problems
 
 
+ID_FIELDS = ("id", "prompt_id")
+REQUEST_FIELDS = ("prompt", "question", "Prompt")   # ours, GenEvolve-Bench's, WISE's
+
+
+def _given_id(obj: Any) -> str | None:
+    """The id a row gives itself: `id`, else `prompt_id` (WISE prompt files); None when neither."""
+    if not isinstance(obj, dict):
+        return None
+    for field in ID_FIELDS:
+        value = obj.get(field)
+        if value is not None and value != "":
+            return str(value)
+    return None
+
+
 def request_text(row: Row, source: str = "input") -> str:
-    """The request of an agent row: `prompt` or `question` (GenEvolve-Bench rows use the latter)."""
-    for field in ("prompt", "question"):
+    """The request of an agent row: `prompt`, `question` (GenEvolve-Bench) or `Prompt` (WISE), at
+    most MAX_REQUEST_CHARS characters (a longer one is this row's error, naming the field)."""
+    where = f"{source} line {row.line} (id {row.id})"
+    for field in REQUEST_FIELDS:
         value = row.data.get(field)
         if isinstance(value, str) and value.strip():
-            return value
+            if len(value) > MAX_REQUEST_CHARS:
+                raise ValueError(f"{where}: field '{field}' has {len(value):,} characters, over the limit of "
+                                 f"{MAX_REQUEST_CHARS:,} (genevolve.limits.MAX_REQUEST_CHARS)")
+            return clean_text(value)        # a lone surrogate (a "\ud800" escape) cannot be sent
         if value is not None and not isinstance(value, str):
-            raise ValueError(f"{source} line {row.line} (id {row.id}): field '{field}' must be a string, "
-                             f"got {type(value).__name__}")
-    raise ValueError(f"{source} line {row.line} (id {row.id}): no 'prompt' or 'question' field with text")
+            raise ValueError(f"{where}: field '{field}' must be a string, got {type(value).__name__}")
+    raise ValueError(f"{where}: no 'prompt' or 'question' field with text (nor WISE's 'Prompt')")
 
 
 class ResultStore:
@@ -139,10 +172,29 @@ class ResultStore:
 
     def __init__(self, out_dir: str | Path, name: str = "results",
                  retry: Callable[[dict[str, Any]], bool] | None = None, json_every_s: float = 5.0):
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = prepare_dir(out_dir)
         self.jsonl_path = self.out_dir / f"{name}.jsonl"
         self.json_path = self.out_dir / f"{name}.json"
+        try:
+            self._open(retry)
+        except OSError as exc:
+            raise StageError(f"cannot keep results in {self.out_dir}: {os_reason(exc)}") from None
+        self.json_every_s = json_every_s
+        self._last_json = 0.0
+
+    def _open(self, retry: Callable[[dict[str, Any]], bool] | None) -> None:
+        for path in (self.jsonl_path, self.json_path):
+            if path.is_dir():
+                raise StageError(f"cannot keep results in {self.out_dir}: {path} is a folder, not a file")
+        # Fail now, not after the first item: the journal may be appendable in a folder where the
+        # atomic rewrites of the array (a new file beside it) cannot be made.
+        probe = self.out_dir / f".{self.json_path.name}.probe.tmp"
+        try:
+            probe.write_bytes(b"")
+        except OSError as exc:
+            exc.filename = None             # the folder is what cannot be written, not this name
+            raise
+        probe.unlink()
         self._remove_stale_temporaries()
         self.records: dict[str, dict[str, Any]] = {}
         kept_lines = 0
@@ -155,8 +207,6 @@ class ResultStore:
         if self.jsonl_path.exists() and kept_lines != len(self.records) or self._journal_has_torn_line():
             write_jsonl_atomic(self.jsonl_path, self.records.values())   # compact: one line per id
         self._journal = JsonlAppender(self.jsonl_path)
-        self.json_every_s = json_every_s
-        self._last_json = 0.0
 
     def _remove_stale_temporaries(self) -> None:
         """A kill during an atomic rewrite leaves its temporary file behind (the old file is intact);
@@ -176,7 +226,10 @@ class ResultStore:
         return item_id in self.records
 
     def add(self, record: dict[str, Any]) -> None:
-        self._journal.append(record)
+        try:
+            self._journal.append(record)
+        except OSError as exc:          # the disk filled up, the folder went away, ...
+            raise StageError(f"cannot append to {self.jsonl_path}: {os_reason(exc)}") from None
         self.records[str(record["id"])] = record
         if time.monotonic() - self._last_json >= self.json_every_s:
             self.write_json(final=False)
@@ -188,13 +241,42 @@ class ResultStore:
         if order is not None:
             rank = {item_id: i for i, item_id in enumerate(order)}
             records = dict(sorted(records.items(), key=lambda kv: rank.get(kv[0], len(rank))))
-        self._journal.sync()
-        atomic_write_json(self.json_path, list(records.values()), indent=2 if final else None)
+        try:
+            self._journal.sync()
+            atomic_write_json(self.json_path, list(records.values()), indent=2 if final else None)
+        except OSError as exc:
+            raise StageError(f"cannot write {self.json_path}: {os_reason(exc)}") from None
         self._last_json = time.monotonic()
 
     def close(self, order: Iterable[str] | None = None) -> None:
-        self.write_json(order)
-        self._journal.close()
+        try:
+            self.write_json(order)
+        finally:
+            try:
+                self._journal.close()
+            except OSError:
+                pass            # write_json has said what is wrong with the folder
+
+
+def prepare_dir(path: str | Path, what: str = "output folder") -> Path:
+    """`path` as a folder that exists (made if need be), or StageError saying why it cannot be."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(20, "it is a file, not a folder", str(path))
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StageError(f"cannot use {path} as the {what}: {os_reason(exc, path)}") from None
+    return path
+
+
+def os_reason(exc: OSError, named: str | Path | None = None) -> str:
+    """An OSError in words, naming the file it is about (unless that is `named`, already said)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, NotADirectoryError) and exc.strerror == "Not a directory":
+        reason = "a part of the path is a file, not a folder"
+    shown = exc.filename and str(exc.filename) != str(named)
+    return f"{reason} ({exc.filename})" if shown else reason
 
 
 Worker = Callable[[Row], Awaitable[dict[str, Any]]]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..settings import Settings
-from .batch import InputProblem, Row, StageError
+from .batch import InputProblem, Row, StageError, os_reason, prepare_dir
 from .render import OK, render_record, save_render
 
 
@@ -47,6 +47,7 @@ async def generate_one(settings: Settings, request: str, out_png: str | Path, *,
     from ..settings import build_generator
 
     out_png = Path(out_png)
+    prepare_dir(out_png.parent)            # before the agent runs: a bad -o costs nothing
     say("loading policy and tools …")
     agent = build_stage_agent(settings, progress=progress)
     try:
@@ -71,9 +72,14 @@ async def generate_one(settings: Settings, request: str, out_png: str | Path, *,
                 record = render_record(base, "generate", OK, path=out_png, metadata=metadata)
             except GeneratorError as exc:
                 record = render_record(base, "generate", f"error: {exc}", error=str(exc))
+            except OSError as exc:
+                raise StageError(f"cannot write {out_png}: {os_reason(exc)}") from None
     finally:
         await agent.aclose()
         await generator.aclose()
     record.pop("id")
-    atomic_write_json(out_png.with_suffix(".json"), record)
+    try:
+        atomic_write_json(out_png.with_suffix(".json"), record)
+    except OSError as exc:
+        raise StageError(f"cannot write {out_png.with_suffix('.json')}: {os_reason(exc)}") from None
     return {**record, "trajectory_object": traj}

@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..limits import MAX_GEN_PROMPT_CHARS, MAX_RENDER_REFERENCES
 from ..settings import Settings
-from .batch import InputError, InputProblem, ResultStore, Row, StageError, read_rows, run_items
+from .batch import InputError, InputProblem, ResultStore, Row, StageError, prepare_dir, read_rows, run_items
 
 OK = "ok"
 NO_PROGRAM = "skipped: no program"
@@ -52,6 +53,20 @@ def resolve_references(data: dict[str, Any], base: Path) -> dict[str, Any]:
                 ref = {**ref, "local_path": str(base / path)}
         fixed.append(ref)
     return {**data, "reference_images": fixed}
+
+
+def oversized_program(row: Row) -> str | None:
+    """Why a row's program is over the caps (genevolve/limits.py), None when it is within them: rows
+    read from files may hold anything, and the renderer's time and memory grow with both."""
+    refs = row.data.get("reference_images") or row.data.get("references") or []
+    if isinstance(refs, list) and len(refs) > MAX_RENDER_REFERENCES:
+        return (f"input line {row.line}: reference_images has {len(refs):,} entries, over the limit of "
+                f"{MAX_RENDER_REFERENCES} (genevolve.limits.MAX_RENDER_REFERENCES)")
+    gen_prompt = row.data.get("gen_prompt")
+    if isinstance(gen_prompt, str) and len(gen_prompt) > MAX_GEN_PROMPT_CHARS:
+        return (f"input line {row.line}: gen_prompt has {len(gen_prompt):,} characters, over the limit of "
+                f"{MAX_GEN_PROMPT_CHARS:,} (genevolve.limits.MAX_GEN_PROMPT_CHARS)")
+    return None
 
 
 def render_record(data: dict[str, Any], item_id: str, status: str, *, path: Path | None = None,
@@ -109,17 +124,19 @@ async def render_rows(generator: Any, rows: list[Row], problems: list[InputProbl
     from ..program import Program
 
     out_dir, input_dir = Path(out_dir), Path(input_dir)
-    images = Path(images_dir) if images_dir else out_dir / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    for stale in images.glob(".*.tmp"):            # a kill while an image was being written
-        stale.unlink(missing_ok=True)
     store = ResultStore(out_dir, name, retry=needs_render)
     try:
+        images = prepare_dir(Path(images_dir) if images_dir else out_dir / "images", "images folder")
+        for stale in images.glob(".*.tmp"):            # a kill while an image was being written
+            stale.unlink(missing_ok=True)
         for p in problems:
             if not store.done(p.id):
                 store.add(failed_record({}, p.id, p.message))
 
         async def work(row: Row) -> dict[str, Any]:
+            too_big = oversized_program(row)
+            if too_big:
+                return failed_record(row.data, row.id, too_big)
             data = resolve_references(row.data, input_dir)
             try:
                 program = Program.from_dict(data)

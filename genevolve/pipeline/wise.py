@@ -20,23 +20,30 @@ from .generate import run_agents
 from .render import backend_parallel, render_rows
 
 
-def _prompts(files: list[str | Path], limit: int | None = None) -> list[Any]:
-    from ..judges.wise import load_prompts
+def _prompts(files: list[str | Path], limit: int | None = None, *, sample: int | None = None, seed: int = 0,
+             say: Callable[[str], None] = lambda m: None) -> list[Any]:
+    """The prompts of `files` (files or WISE data folders): all, the first `limit` by prompt_id, or
+    a `sample` of that size stratified by category."""
+    from ..judges.wise import load_prompts, sample_prompts
 
     try:
-        prompts = load_prompts(files)
+        prompts = load_prompts(files, say)
     except ValueError as exc:
         raise StageError(str(exc)) from None
+    if sample is not None:
+        prompts = sample_prompts(prompts, max(0, sample), seed)
     return prompts[:max(0, limit)] if limit is not None else prompts
 
 
 async def run_wise(settings: Settings, prompt_files: list[str | Path], out_dir: str | Path, *, parallel: int = 1,
-                   limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Agent then renderer for every WISE prompt (the first `limit` by prompt_id); the stages' counts."""
+                   limit: int | None = None, sample: int | None = None, seed: int = 0, progress: bool = True,
+                   say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Agent then renderer for every WISE prompt (or the first `limit` by prompt_id, or a `sample`
+    stratified by category, drawn with `seed`); the stages' counts."""
     from ..generators.base import GeneratorError
     from ..settings import build_generator
 
-    prompts = _prompts(prompt_files, limit)
+    prompts = _prompts(prompt_files, limit, sample=sample, seed=seed, say=say)
     rows = [Row(id=str(p.prompt_id), line=p.prompt_id, data=p.to_row()) for p in prompts]
     out = Path(out_dir)
     try:
@@ -104,7 +111,7 @@ async def score_wise(settings: Settings, protocol: str, prompt_files: list[str |
     images = Path(images_dir)
     if not images.is_dir():
         raise StageError(f"--images {images}: no such folder")
-    prompts = _prompts(prompt_files)
+    prompts = _prompts(prompt_files, say=say)
     mismatched = range_mismatches(prompts, PROTOCOLS[protocol])
     if mismatched:
         other = "legacy" if protocol == "verified" else "verified"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from ..chat_client import ChatClient, ChatError
+from ..chat_client import ChatClient, ChatError, chat_choice
 from ..httpretry import RetryPolicy
 from .base import (LOGPROBS_MODEL, Policy, PolicyError, PolicyReply, Sampling, TurnContext, require_tokens)
 from .grammar import ProtocolGrammar
@@ -24,12 +24,21 @@ GRAMMAR_FIELDS = {
 }
 _TOKEN_ID_RE = re.compile(r"^token_id:(\d+)$")      # vLLM's return_tokens_as_token_ids spelling
 
+# A turn waits at most TIMEOUT_S for the reply's bytes and is tried ATTEMPTS times, so a server that
+# never answers costs a person at the terminal about six minutes per turn, not half an hour: 120 s
+# still covers a long turn (4,096 tokens at 35 tokens/s) from a busy server. Set them with
+# --timeout / --attempts (GENEVOLVE_HTTP_TIMEOUT, GENEVOLVE_HTTP_ATTEMPTS, [http] in the config).
+TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = 10.0
+ATTEMPTS = 3
+
 
 class OpenAICompatPolicy(Policy):
     name = "openai"
 
     def __init__(self, base_url: str | None, model: str | None = None, api_key: str = "", *,
-                 timeout_s: float = 300.0, connect_timeout_s: float = 10.0, retries: int = 4,
+                 timeout_s: float = TIMEOUT_S, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                 retries: int = ATTEMPTS - 1,
                  backoff_s: float = 1.0, max_connections: int = 256, extra_body: dict[str, Any] | None = None,
                  grammar: str | None = None, logprob_source: str = LOGPROBS_MODEL):
         if not base_url:
@@ -46,6 +55,7 @@ class OpenAICompatPolicy(Policy):
         self._grammar: ProtocolGrammar | None = None
         # vLLM returns raw-model log-probs unless started with another --logprobs-mode.
         self.logprob_source = logprob_source
+        self.timeouts = {"timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s}
         self.client = ChatClient(base_url, api_key, label="policy server", timeout_s=timeout_s,
                                  connect_timeout_s=connect_timeout_s, max_connections=max_connections,
                                  retry=RetryPolicy(attempts=retries + 1, backoff_s=backoff_s))
@@ -74,16 +84,14 @@ class OpenAICompatPolicy(Policy):
         if sampling.logprobs:
             body.update(logprobs=True, return_token_ids=True, return_tokens_as_token_ids=True)
         try:
-            data = await self.client.chat(body)
+            data = await self.client.post_json("/chat/completions", body, check=_reply_text)
         except ChatError as exc:
             raise PolicyError(str(exc)) from None
         return require_tokens(self._read_reply(data), sampling, self.client.label)
 
     def _read_reply(self, data: dict[str, Any]) -> PolicyReply:
         choice = data["choices"][0]
-        text = choice["message"].get("content") or ""
-        if not isinstance(text, str):
-            raise PolicyError(f"{self.client.label} sent a non-text message content")
+        text = _reply_text(data)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
         ids = _int_list(choice.get("token_ids"))
@@ -114,7 +122,7 @@ class OpenAICompatPolicy(Policy):
 
         async def ask() -> dict[str, Any]:
             client = ChatClient(self.client.base_url, self.client._api_key, label="policy server",
-                                retry=self.client.retry)
+                                retry=self.client.retry, **self.timeouts)
             try:
                 return await client.post_json("/tokenize", body, root=True)
             finally:
@@ -130,6 +138,17 @@ class OpenAICompatPolicy(Policy):
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _reply_text(data: Any) -> str:
+    """The text of a chat reply: a string, or the text parts of a list of content parts (some
+    servers send those). Anything else is ValueError, which the client retries like a broken reply."""
+    content = chat_choice(data)["message"].get("content")
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, (str, dict)) for p in content):
+        return "".join(p if isinstance(p, str) else str(p.get("text") or "") for p in content)
+    raise ValueError(f"message content is a {type(content).__name__}, not text")
 
 
 def _int_list(value: Any) -> list[int] | None:

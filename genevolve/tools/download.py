@@ -56,11 +56,12 @@ import httpx
 from ..config import cache_dir
 from ..httpretry import LoopLocalClient
 from ..jsonio import atomic_write_bytes, atomic_write_json
+from ..limits import MAX_DOWNLOAD_BYTES, MAX_DOWNLOAD_PIXELS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BYTES = MAX_DOWNLOAD_BYTES
+DEFAULT_MAX_PIXELS = MAX_DOWNLOAD_PIXELS
 # Downloads at once in all, and to one host. Four per host stays under the six connections a browser
 # opens to one host; in benchmarks/batch_vs_ideal.py (a batch of agents on one loopback host) 1, 4
 # and 16 per host gave the same times, so the limit is politeness, not the bottleneck.

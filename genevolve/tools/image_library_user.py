@@ -34,14 +34,14 @@ from typing import Any, Callable, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from ..limits import MAX_IMAGE_PIXELS
 from ..ocr import OCRUnavailable, ocr_engine, read_text
 from .image_library import (LibraryError, LibraryImage, default_library_dir, library_lock, read_manifest,
                             user_manifest_path, write_manifest)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 SIDECAR_SUFFIXES = (".txt", ".json")
-DEFAULT_MAX_PIXELS = 64_000_000     # more decoded pixels than this are refused as a possible bomb
-                                    # (the same cap as generators/imageio.MAX_IMAGE_PIXELS)
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS   # more decoded pixels than this are refused as a possible bomb
 DECODE_BOX = (2048, 2048)           # JPEGs are decoded at about this size: enough to check, judge and OCR
 MAX_CAPTION_CHARS = 4000
 OCR_MIN_SCORE = 0.5

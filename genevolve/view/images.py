@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from collections import OrderedDict
 from html import escape
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from ..limits import MAX_IMAGE_PIXELS
 
 THUMB_PX = 320
 # Formats a browser shows; anything else (or a file PIL cannot read) gets the placeholder.
@@ -47,11 +50,18 @@ class ThumbnailCache:
         return data
 
 
-def make_thumbnail(path: Path, px: int = THUMB_PX) -> bytes:
-    """A WebP at most `px` on its long side (transparency kept)."""
+def make_thumbnail(path: Path, px: int = THUMB_PX, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
+    """A WebP at most `px` on its long side (transparency kept). An image with more than
+    `max_pixels` pixels to decode gets the placeholder instead (a JPEG counts at its reduced size)."""
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Our cap decides; Pillow's own error (at twice its 89-megapixel warning) still applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             img.draft("RGB", (px, px))          # JPEG: decode at a reduced size, much faster
+            if img.width * img.height > max_pixels:
+                raise ImageProblem(f"too large to show ({img.width}x{img.height} pixels)")
             img.thumbnail((px, px))
             if img.mode not in ("RGB", "RGBA"):
                 img = img.convert("RGBA" if "transparency" in img.info or img.mode in ("LA", "PA") else "RGB")
@@ -67,8 +77,13 @@ def full_image(path: Path) -> tuple[bytes, str]:
     try:
         if path.stat().st_size > MAX_FULL_BYTES:
             raise ImageProblem("too large to show")
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             fmt = img.format or ""
+            if img.width * img.height > MAX_IMAGE_PIXELS:   # the browser would decode every pixel
+                raise ImageProblem(f"too large to show ({img.width}x{img.height} pixels)")
             img.verify()                        # reads the whole file: catches truncated data
     except ImageProblem:
         raise

@@ -2,8 +2,11 @@
 
 It records every request it receives. A script is a list of turns (the reply to a conversation
 is the turn at the index of its assistant-message count) or a function of the request body.
-Failure modes: `fail_first` answers the first N requests with an HTTP status; `delay_s` waits
-before every reply (for throughput measurements).
+Failure modes: `fail_first` answers the first N requests with an HTTP status (and `fail_body`, e.g.
+one that echoes the caller's key as some servers do); `delay_s` waits before every reply (for
+throughput measurements); `respond(body, headers, path)` may return a `Raw` reply for any request (any
+status, headers and bytes, a body cut short of its Content-Length, or no answer at all), or None
+for the scripted turn.
 
 Token ids, as vLLM gives them: a request with `return_token_ids` gets `prompt_token_ids` and
 `choices[0].token_ids`, and one with `logprobs` gets per-token log-probs (spelt `token_id:N` with
@@ -19,10 +22,23 @@ import json
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 Script = list[str] | Callable[[dict[str, Any]], str]
+
+
+@dataclass
+class Raw:
+    """A reply sent as given. `cut`: declare the whole body's length but send only its first half
+    and hang up (a server that dies mid-reply). `hang`: answer nothing until the server stops."""
+
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    cut: bool = False
+    hang: bool = False
 
 
 class _Server(ThreadingHTTPServer):
@@ -58,8 +74,15 @@ def toy_template(messages: list[dict[str, Any]], add_generation_prompt: bool = T
 
 class FakeChatServer:
     def __init__(self, script: Script, *, delay_s: float = 0.0, fail_first: int = 0, fail_status: int = 500,
-                 raw_reply: bytes | None = None, tokens: str = "full"):
+                 fail_body: bytes | None = None, raw_reply: bytes | None = None, tokens: str = "full",
+                 respond: Callable[[dict[str, Any], dict[str, str], str], Raw | None] | None = None,
+                 keep_requests: bool = True):
         self.script = script
+        self.keep_requests = keep_requests      # False: count requests only (long fuzz runs)
+        self.request_count = 0
+        self.fail_body = fail_body
+        self.respond = respond
+        self._stopped = threading.Event()
         self.delay_s = delay_s
         self.fail_first = fail_first
         self.fail_status = fail_status
@@ -90,14 +113,19 @@ class FakeChatServer:
                     ids = toy_tokenize(toy_template(body["messages"], body.get("add_generation_prompt", True)))
                     return self._send(200, json.dumps({"tokens": ids, "count": len(ids)}).encode())
                 with outer._lock:
-                    outer.requests.append(body)
-                    outer.headers.append(dict(self.headers))
-                    n = len(outer.requests)
+                    if outer.keep_requests:
+                        outer.requests.append(body)
+                        outer.headers.append(dict(self.headers))
+                    outer.request_count += 1
+                    n = outer.request_count
                 if outer.delay_s:
                     time.sleep(outer.delay_s)
                 if n <= outer.fail_first:
-                    return self._send(outer.fail_status, json.dumps({"error": {"message": "scripted failure"}})
-                                      .encode())
+                    return self._send(outer.fail_status, outer.fail_body if outer.fail_body is not None else
+                                      json.dumps({"error": {"message": "scripted failure"}}).encode())
+                raw = outer.respond(body, dict(self.headers), self.path) if outer.respond else None
+                if raw is not None:
+                    return self._send_raw(raw)
                 if outer.raw_reply is not None:
                     return self._send(200, outer.raw_reply)
                 if callable(outer.script):
@@ -113,6 +141,24 @@ class FakeChatServer:
                                    "prompt_tokens_details": {"cached_tokens": 64}}}
                 outer._add_tokens(body, reply, text)
                 self._send(200, json.dumps(reply).encode())
+
+            def _send_raw(self, raw: Raw) -> None:
+                if raw.hang:
+                    outer._stopped.wait()
+                    self.close_connection = True
+                    return
+                self.send_response(raw.status)
+                headers = {"Content-Type": "application/json", **raw.headers}
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(raw.body)))
+                if raw.cut:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(raw.body[:len(raw.body) // 2] if raw.cut else raw.body)
+                if raw.cut:
+                    self.wfile.flush()
+                    self.close_connection = True
 
             def _send(self, status: int, data: bytes) -> None:
                 self.send_response(status)
@@ -149,6 +195,7 @@ class FakeChatServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._stopped.set()
         self._server.shutdown()
         self._server.server_close()
 
