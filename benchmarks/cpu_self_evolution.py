@@ -1,4 +1,4 @@
-"""Self-evolution on this CPU (issue 14): untuned -> SFT -> GRPO, each evaluated with the embedded runtime.
+"""Self-evolution on this CPU (issues 14, 15): untuned -> SFT -> GRPO and GRPO+VED, each evaluated with the embedded runtime.
 
     python benchmarks/cpu_self_evolution.py --data DATA_DIR --offline-bench BENCH_DIR --out OUT
     python benchmarks/cpu_self_evolution.py --toy --out /tmp/toy          # a few rows, a couple of steps
@@ -8,12 +8,18 @@ DATA_DIR is the data pipeline's build (`<DATA_DIR>/export/{sft/train.jsonl, pool
 bench/test.jsonl}` with GT images); BENCH_DIR the offline benchmark (`test.jsonl`, from
 `genevolve.data.offline_bench.build_benchmark`). A real registry model (SmolLM2-135M by default) is
 trained with SFT (on the student's own system prompt) then GRPO, within the training budget
-(`--sft-minutes` + `--grpo-minutes`, 120 in all by default; evaluation is timed apart). Each stage is
+(`--sft-minutes` + `--grpo-minutes`, 120 in all by default; evaluation is timed apart). GRPO+VED
+starts from the same SFT checkpoint with the same pool, seeds, steps and minutes, and adds Visual
+Experience Distillation (offline summariser, MiniLM-keyed memory, the privileged teacher's SDL term);
+before its evaluation the script prints what a VED step costs against a plain GRPO step on the same
+batch (`ved_step_cost`: the update with and without the teacher pass, and the whole step; measured
+once, kept in OUT/VED_STEP_COST.json, `--no-ved-cost` skips it). Each stage is
 exported to GGUF (q8_0) and evaluated by the embedded llama.cpp policy on the held-out rows and on
 the offline benchmark's test split: valid-program rate, program-level grounding of the hidden
 entity (against the recipe, no pixels), KScore by dimension with the offline renderer and offline
 judge (invalid programs count 0), tool and skill calls, seconds per request, each with a 95%
-bootstrap interval. The untuned 1.5B default runs on a fixed random subset (`--big-rows`).
+bootstrap interval, overall and by track (Knowledge- / Quality-Anchored). The untuned 1.5B default
+runs on a fixed random subset (`--big-rows`).
 
 Everything is resumable: training resumes from its checkpoints, evaluation skips rows already in
 `OUT/eval/<stage>/<split>.jsonl`. The report is OUT/REPORT.json and OUT/REPORT.md; the script
@@ -80,13 +86,13 @@ def subset(rows: list[dict[str, Any]], n: int | None, seed: str) -> list[dict[st
 
 def train_stages(args: argparse.Namespace, paths: dict[str, Path], out: Path) -> dict[str, Any]:
     from genevolve.train.base_models import resolve_model
-    from genevolve.train.config import GRPOConfig, SFTConfig
+    from genevolve.train.config import SFTConfig
     from genevolve.train.grpo import GRPOTrainer
     from genevolve.train.rollouts import load_rows
     from genevolve.train.sft import train_sft
 
     stages: dict[str, Any] = {"untuned": {"model_dir": str(resolve_model(args.model)), "train_s": 0.0}}
-    if "sft" in args.stages or "grpo" in args.stages:
+    if {"sft", "grpo", "grpo_ved"} & set(args.stages):
         t0 = time.perf_counter()
         sft = SFTConfig.build("cpu", model=args.model, output_dir=str(out / "runs" / "sft"), data=str(paths["sft"]),
                               max_steps=args.sft_steps, time_limit_minutes=args.sft_minutes, threads=args.threads,
@@ -95,23 +101,119 @@ def train_stages(args: argparse.Namespace, paths: dict[str, Path], out: Path) ->
         model_dir = out / "runs" / "sft" / "model"
         result = train_sft(sft) if not (model_dir / "genevolve_policy.json").exists() else {"reused": True}
         stages["sft"] = {"model_dir": str(model_dir), "train_s": round(time.perf_counter() - t0, 1), **result}
-    if "grpo" in args.stages:
-        t0 = time.perf_counter()
+    rl = [s for s in ("grpo", "grpo_ved") if s in args.stages]
+    if rl:
         pool = load_rows(paths["pool"]) if paths["pool"].exists() and read_jsonl(paths["pool"]) else []
         if not pool:
             raise SystemExit(f"{paths['pool']}: no pool rows for GRPO")
-        cfg = GRPOConfig.build("cpu", model=stages["sft"]["model_dir"], output_dir=str(out / "runs" / "grpo"),
-                               steps=args.grpo_steps, time_limit_minutes=args.grpo_minutes, threads=args.threads,
-                               learning_rate=args.grpo_lr, group_size=args.group_size,
-                               requests_per_step=args.requests_per_step, policy_options=args.policy_options,
-                               seed=args.seed, save_every=max(1, args.grpo_steps // 5))
-        model_dir = out / "runs" / "grpo" / "model"
-        records = GRPOTrainer(cfg, rows=pool).train() if not (model_dir / "genevolve_policy.json").exists() else []
-        stages["grpo"] = {"model_dir": str(model_dir), "train_s": round(time.perf_counter() - t0, 1),
-                          "steps_run": len(records),
-                          "reward_first": records[0]["reward_mean"] if records else None,
-                          "reward_last": records[-1]["reward_mean"] if records else None}
+    for stage in rl:                  # the same start, pool, seeds, steps and minutes; VED is the difference
+        t0 = time.perf_counter()
+        cfg = grpo_config(args, stages["sft"]["model_dir"], out / "runs" / stage, ved=stage == "grpo_ved")
+        model_dir = out / "runs" / stage / "model"
+        records = (GRPOTrainer(cfg, rows=pool, ved_api_key=args.ved_api_key).train()
+                   if not (model_dir / "genevolve_policy.json").exists() else [])
+        stages[stage] = {"model_dir": str(model_dir), "train_s": round(time.perf_counter() - t0, 1),
+                         "steps_run": len(records),
+                         "reward_first": records[0]["reward_mean"] if records else None,
+                         "reward_last": records[-1]["reward_mean"] if records else None}
+        if stage == "grpo_ved":
+            stages[stage]["ved"] = ved_summary(read_jsonl(out / "runs" / stage / "metrics.jsonl"))
     return stages
+
+
+def grpo_config(args: argparse.Namespace, start: str, run_dir: Path, ved: bool, **extra: Any) -> Any:
+    from genevolve.train.config import GRPOConfig
+    settings: dict[str, Any] = dict(model=start, output_dir=str(run_dir), steps=args.grpo_steps,
+                                    time_limit_minutes=args.grpo_minutes, threads=args.threads,
+                                    learning_rate=args.grpo_lr, group_size=args.group_size,
+                                    requests_per_step=args.requests_per_step, policy_options=args.policy_options,
+                                    seed=args.seed, save_every=max(1, args.grpo_steps // 5))
+    if ved:
+        settings.update(ved=True, ved_embedder=args.ved_embedder, ved_summarizer=args.ved_summarizer,
+                        ved_summarizer_url=args.ved_summarizer_url, ved_summarizer_model=args.ved_summarizer_model)
+    return GRPOConfig.build("cpu", **{**settings, **extra})
+
+
+def ved_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """VED over a run: SDL hit rate and loss, pairs and guides, the memory at the end."""
+    if not records:
+        return {}
+    mean = lambda key: sum(r.get(key, 0.0) for r in records) / len(records)  # noqa: E731
+    return {"sdl_hit_rate": mean("sdl_hit_rate"), "sdl_loss": mean("sdl_loss"),
+            "sdl_mask_fraction": mean("sdl_mask_fraction"), "ved_pairs": sum(r.get("ved_pairs", 0) for r in records),
+            "ved_guides_written": sum(r.get("ved_guides_written", 0) for r in records),
+            "ved_guide_tokens": mean("ved_guide_tokens"), "memory_size": records[-1].get("ved_memory_size"),
+            "evictions": records[-1].get("ved_evictions_total"),
+            "seconds_prepare": mean_nested(records, "seconds", "prepare"),
+            "seconds_update": mean_nested(records, "seconds", "update"),
+            "seconds_step": mean("seconds_step")}
+
+
+def mean_nested(records: list[dict[str, Any]], outer: str, inner: str) -> float:
+    return sum((r.get(outer) or {}).get(inner, 0.0) for r in records) / len(records) if records else 0.0
+
+
+# ----------------------------------------------------------------------------- VED step cost
+
+def ved_step_cost(args: argparse.Namespace, start: str, pool: list[dict[str, Any]], out: Path,
+                  repeats: int = 2) -> dict[str, Any]:
+    """A VED step against a plain GRPO step on the same batch: one batch of rollouts (timed with its
+    scoring), then the update without and with VED's prepare (pairs, guides, memory, the teacher's
+    forward pass), alternating `repeats` times from the same weights and optimizer state; the
+    fastest of each is kept (load on a shared machine only ever adds time). Rewards are then set to
+    k / (K - 1) within each group so that every sequence has an advantage (the plain update trains
+    them all) and every group a pair and a guide: VED's worst case for extra work."""
+    import asyncio
+    import copy
+
+    from genevolve.train.grpo import GRPOTrainer
+    from genevolve.train.rewards import Reward
+
+    cfg = grpo_config(args, start, out / "runs" / "ved_cost", ved=True, steps=1)
+    trainer = GRPOTrainer(cfg, rows=pool, ved_api_key=args.ved_api_key)
+    trainer._setup()
+    rows = trainer.batch_rows(1)
+    seconds: dict[str, float] = {}
+    rollouts, rewards = asyncio.run(trainer._rollouts_and_rewards(rows, 1, seconds))
+    k = max(cfg.group_size - 1, 1)
+    synthetic = [Reward(r.k / k, r_img=r.k / k, r_text=r.k / k) for r in rollouts]
+    term = trainer.loss_terms[0]
+    state = (copy.deepcopy(trainer.model.state_dict()), copy.deepcopy(trainer.optimizer.state_dict()),
+             copy.deepcopy(trainer.scheduler.state_dict()))
+
+    def timed(with_ved: bool) -> tuple[float, float]:
+        trainer.model.load_state_dict(state[0])
+        trainer.optimizer.load_state_dict(state[1])
+        trainer.scheduler.load_state_dict(state[2])
+        trainer._base_prefix = None               # computed under the weights just replaced
+        batch = trainer.make_batch(rollouts, synthetic)
+        trainer.loss_terms = [term] if with_ved else []
+        t0 = time.perf_counter()
+        if with_ved:
+            term.prepare(trainer, batch)
+        t1 = time.perf_counter()
+        trainer.update(batch)
+        return t1 - t0, time.perf_counter() - t1
+
+    plain, ved = [], []
+    for _ in range(repeats):
+        plain.append(timed(False))
+        ved.append(timed(True))
+    stats = term.metrics()
+    base = min(u for _, u in plain)
+    best = min(ved, key=lambda pu: pu[0] + pu[1])
+    rollout_s = seconds.get("rollout", 0.0) + seconds.get("score", 0.0)
+    sequences = trainer.make_batch(rollouts, synthetic).sequences
+    result = {"sequences": len(sequences), "written_tokens": sum(sum(s.mask) for s in sequences),
+              "guided_rows": stats.get("sdl_trained_rows"), "guide_tokens": stats.get("ved_guide_tokens"),
+              "plain_update_s": round(base, 3), "ved_prepare_s": round(best[0], 3), "ved_update_s": round(best[1], 3),
+              "teacher_s": (stats.get("ved_seconds") or {}).get("teacher"),
+              "update_ratio": round((best[0] + best[1]) / base, 3) if base else None,
+              "rollout_and_score_s": round(rollout_s, 3),
+              "step_ratio": round((rollout_s + best[0] + best[1]) / (rollout_s + base), 3) if rollout_s + base else None,
+              "target": "update_ratio <= 1.4 (one extra forward pass)"}
+    trainer.metrics.close()
+    return result
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -183,8 +285,14 @@ def _kscore(records: list[dict[str, Any]]) -> dict[str, float]:
     return {"kscore": kscore_from_means(means), **means}
 
 
-def summarize(records: list[dict[str, Any]], resamples: int = 1000) -> dict[str, Any]:
-    """Figures with 95% bootstrap intervals (rows resampled with replacement, seeded)."""
+def track_of(row: dict[str, Any]) -> str:
+    return str((row.get("meta") or {}).get("track") or row.get("eval_type") or "unknown")
+
+
+def summarize(records: list[dict[str, Any]], tracks: dict[str, str] | None = None,
+              resamples: int = 1000) -> dict[str, Any]:
+    """Figures with 95% bootstrap intervals (rows resampled with replacement, seeded); with
+    `tracks` (row id -> track) the same figures for each track under `by_track`."""
     def figures(rs: list[dict[str, Any]]) -> dict[str, float]:
         n = len(rs)
         grounded = [r["grounded"] for r in rs if r["grounded"] is not None]
@@ -209,6 +317,10 @@ def summarize(records: list[dict[str, Any]], resamples: int = 1000) -> dict[str,
         for name in r["tool_calls"]:
             tools[name] = tools.get(name, 0) + 1
     out["tool_calls_by_name"] = {k: v / len(records) for k, v in sorted(tools.items())}
+    if tracks:
+        names = sorted({tracks.get(r["id"], "unknown") for r in records})
+        out["by_track"] = {t: summarize([r for r in records if tracks.get(r["id"], "unknown") == t], None, resamples)
+                           for t in names}
     return out
 
 
@@ -222,7 +334,8 @@ def eval_stages(args: argparse.Namespace, stages: dict[str, Any], splits: dict[s
                 out: Path) -> dict[str, Any]:
     from genevolve.policies.local import LocalGGUFPolicy
     results: dict[str, Any] = {}
-    todo = [s for s in ("untuned", "sft", "grpo") if s in stages and s in args.stages]
+    todo = [s for s in ("untuned", "sft", "grpo", "grpo_ved") if s in stages and s in args.stages]
+    tracks = {split: {r["id"]: track_of(r) for r in rows} for split, rows in splits.items()}
     for stage in todo:
         t0 = time.perf_counter()
         gguf = export_stage(stages[stage]["model_dir"], out)
@@ -233,7 +346,7 @@ def eval_stages(args: argparse.Namespace, stages: dict[str, Any], splits: dict[s
         finally:
             policy.close()
         results[stage] = {"eval_s": round(time.perf_counter() - t0, 1), "gguf": str(gguf),
-                          **{split: summarize(read_jsonl(out / "eval" / stage / f"{split}.jsonl"))
+                          **{split: summarize(read_jsonl(out / "eval" / stage / f"{split}.jsonl"), tracks[split])
                              for split in splits}}
     if "big" in args.stages:
         t0 = time.perf_counter()
@@ -245,7 +358,8 @@ def eval_stages(args: argparse.Namespace, stages: dict[str, Any], splits: dict[s
         finally:
             policy.close()
         results["big"] = {"eval_s": round(time.perf_counter() - t0, 1),
-                          **{split: summarize(read_jsonl(out / "eval" / "big" / f"{split}.jsonl")) for split in splits}}
+                          **{split: summarize(read_jsonl(out / "eval" / "big" / f"{split}.jsonl"), tracks[split])
+                             for split in splits}}
     return results
 
 
@@ -285,7 +399,20 @@ def sweep(args: argparse.Namespace, paths: dict[str, Path], out: Path) -> dict[s
 def report_md(report: dict[str, Any]) -> str:
     lines = ["# CPU self-evolution", "", f"model: {report['model']}", ""]
     for name, st in report["training"].items():
-        lines.append(f"- {name}: training {st.get('train_s', 0):.0f} s")
+        lines.append(f"- {name}: training {st.get('train_s', 0):.0f} s"
+                     + (f", {st['steps_run']} steps, reward {st['reward_first']} -> {st['reward_last']}"
+                        if st.get("steps_run") else ""))
+        if st.get("ved"):
+            lines.append("  - VED: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in st["ved"].items()))
+    cost = report.get("ved_step_cost")
+    if cost:
+        lines += ["", "## VED step cost (same batch)", "",
+                  f"update with VED / plain: **{cost['update_ratio']}x** (plain {cost['plain_update_s']} s; VED prepare "
+                  f"{cost['ved_prepare_s']} s + update {cost['ved_update_s']} s; teacher pass {cost['teacher_s']} s), "
+                  f"whole step {cost['step_ratio']}x with {cost['rollout_and_score_s']} s of rollouts and scoring; "
+                  f"{cost['sequences']} sequences, {cost['written_tokens']} written tokens, "
+                  f"{cost['guided_rows']} guided rows, guides of {cost['guide_tokens']} tokens. Target: {cost['target']}."]
     keys = ("valid_rate", "grounded_rate", "kscore", *DIMENSIONS, "tool_calls", "skill_calls", "seconds")
     for split in report["splits"]:
         lines += ["", f"## {split} ({report['splits'][split]} rows)", "",
@@ -298,7 +425,23 @@ def report_md(report: dict[str, Any]) -> str:
                 cells.append("-" if not v else f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
                              if v["ci95"][0] is not None else f"{v['value']:.3f}")
             lines.append(f"| {stage} | {s.get('n', 0)} | " + " | ".join(cells) + " |")
+        track_keys = ("kscore", *DIMENSIONS, "grounded_rate", "valid_rate")
+        rows = [(stage, track, t) for stage, res in report["evaluation"].items()
+                for track, t in ((res.get(split) or {}).get("by_track") or {}).items()]
+        if rows:
+            lines += ["", f"by track ({split})", "", "| stage | track | n | " + " | ".join(track_keys) + " |",
+                      "|" + " --- |" * (len(track_keys) + 3)]
+            for stage, track, t in rows:
+                lines.append(f"| {stage} | {track} | {t.get('n', 0)} | " + " | ".join(_cell(t.get(k)) for k in track_keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if not v:
+        return "-"
+    if v["ci95"][0] is None:
+        return f"{v['value']:.3f}"
+    return f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
 
 
 def main() -> None:
@@ -307,7 +450,8 @@ def main() -> None:
     p.add_argument("--offline-bench", type=Path, help="offline benchmark dir (test.jsonl)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--stages", default=None, help="comma list of untuned,sft,grpo,big (default all; --toy: no big)")
+    p.add_argument("--stages", default=None,
+                   help="comma list of untuned,sft,grpo,grpo_ved,big (default all; --toy: no big)")
     p.add_argument("--sft-steps", type=int, default=60)
     p.add_argument("--sft-minutes", type=float, default=40.0)
     p.add_argument("--grpo-steps", type=int, default=40)
@@ -322,6 +466,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="budget of the small policy in training and evaluation, e.g. tool_call_budget=4")
+    p.add_argument("--ved-embedder", default="minilm", help="VED memory keys: minilm | hash | a folder")
+    p.add_argument("--ved-summarizer", default="offline", help="offline | endpoint")
+    p.add_argument("--ved-summarizer-url", default=None, help="OpenAI-compatible base URL (endpoint summariser; "
+                                                               "its key from OPENAI_API_KEY)")
+    p.add_argument("--ved-summarizer-model", default="default")
+    p.add_argument("--no-ved-cost", action="store_true", help="skip the VED-vs-GRPO step cost measurement")
     p.add_argument("--toy", action="store_true", help="a few rows and steps, end to end")
     p.add_argument("--sweep", action="store_true", help="run the lr x group-size sweep instead")
     p.add_argument("--sweep-lr", type=float, nargs="+", default=[3e-6, 1e-5, 3e-5])
@@ -331,7 +481,9 @@ def main() -> None:
     args = p.parse_args()
     from genevolve.cli.common import parse_options
     args.policy_options = parse_options(args.policy_opt, "--policy-opt") or {"tool_call_budget": 4}
-    default_stages = "untuned,sft,grpo" if args.toy else "untuned,sft,grpo,big"
+    default_stages = "untuned,sft,grpo,grpo_ved" if args.toy else "untuned,sft,grpo,grpo_ved,big"
+    import os
+    args.ved_api_key = os.environ.get("OPENAI_API_KEY", "") if args.ved_summarizer == "endpoint" else ""
     args.stages = [s.strip() for s in (args.stages or default_stages).split(",") if s.strip()]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -360,10 +512,21 @@ def main() -> None:
     t0 = time.perf_counter()
     stages = train_stages(args, paths, out)
     train_s = time.perf_counter() - t0
+    cost = None
+    if "grpo_ved" in args.stages and not args.no_ved_cost:
+        cost_file = out / "VED_STEP_COST.json"
+        if cost_file.exists():
+            cost = json.loads(cost_file.read_text())
+        else:
+            from genevolve.train.rollouts import load_rows
+            cost = ved_step_cost(args, stages["sft"]["model_dir"], load_rows(paths["pool"]), out)
+            atomic_write_json(cost_file, cost)
+        print(json.dumps({"ved_step_cost": cost}))
     evaluation = eval_stages(args, stages, splits, out)
-    report = {"model": args.model, "training": stages, "training_s": round(train_s, 1),
+    report = {"model": args.model, "training": stages, "training_s": round(train_s, 1), "ved_step_cost": cost,
               "splits": {k: len(v) for k, v in splits.items()}, "evaluation": evaluation,
-              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                           if k != "ved_api_key"}}
     atomic_write_json(out / "REPORT.json", report)
     (out / "REPORT.md").write_text(report_md(report), encoding="utf-8")
     print(report_md(report))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import typing
 from typing import Any
 
+from ..secrets import register as register_secrets
 from .common import fail, parse_options
 
 SKIP = {"preset", "policy_options"}
@@ -79,7 +81,10 @@ def main_grpo(args: argparse.Namespace) -> int:
     from ..train.grpo import GRPOTrainer
     try:
         config = GRPOConfig.build(args.preset, **_settings(args, GRPOConfig))
-        records = GRPOTrainer(config).train(until=args.until)
+        # An endpoint summariser's key comes only from the environment (never a flag or a file).
+        key = os.environ.get("GENEVOLVE_SUMMARIZER_API_KEY") or os.environ.get("OPENAI_API_KEY", "")
+        register_secrets(key)
+        records = GRPOTrainer(config, ved_api_key=key if config.ved else "").train(until=args.until)
     except (ValueError, OSError) as exc:
         return fail(str(exc))
     last = records[-1] if records else {}

@@ -23,7 +23,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "bf16": True},
     "cpu": {"requests_per_step": 2, "group_size": 4, "learning_rate": 1e-5, "lr_schedule": "cosine",
             "warmup_steps": 0, "temperature": 0.7, "top_p": 0.95, "max_tokens": 160, "steps": 30,
-            "bf16": True, "threads": 2, "detach_prefix": True},
+            "bf16": True, "threads": 2, "detach_prefix": True,
+            # a small policy's worse rollouts mostly fail the protocol: those pairs are its lessons
+            "ved_exclude_protocol_failures": False},
 }
 
 
@@ -70,6 +72,34 @@ class GRPOConfig:
     render_long_side: int = _f(512, "long side of rendered images")
     agent_protocol: str = _f("default", "agent protocol mode for rollouts")
     policy_options: dict[str, Any] = _f(None, "HFPolicy budget options (tool_call_budget, ...)")
+    # -- Visual Experience Distillation (train/ved.py); the defaults are the paper's
+    ved: bool = _f(False, "Visual Experience Distillation: best-vs-worst decision guides, an experience memory, "
+                          "and a distillation term toward the same policy reading the guide (--no-ved: plain GRPO)")
+    ved_sdl_weight: float = _f(2.0, "lambda in L = L_GRPO + lambda * L_SDL (0: guides and memory only, no "
+                                    "distillation: an ablation)")
+    ved_min_gap: float = _f(0.20, "a group's best and worst rollouts make a pair when their rewards differ by this much")
+    ved_max_pairs: int = _f(8, "pairs summarised per step at most (widest gaps first)")
+    ved_exclude_protocol_failures: bool = _f(True, "leave out pairs whose worse rollout failed the protocol "
+                                                   "(no answer, empty prompt, ...): they teach format, not strategy")
+    ved_summarizer: str = _f("offline", "offline (rules from the recorded actions and judge diagnostics) | "
+                                        "endpoint (an OpenAI-compatible model at --ved-summarizer-url)")
+    ved_summarizer_url: str | None = _f(None, "base URL of the summariser model (endpoint)")
+    ved_summarizer_model: str = _f("default", "model name sent to the summariser endpoint")
+    ved_summarizer_attempts: int = _f(3, "summariser replies per pair until one passes the schema checks")
+    ved_summarizer_timeout_s: float = _f(90.0, "seconds to wait for a summariser reply")
+    ved_rules_per_slot: int = _f(3, "rules per guide slot at most")
+    ved_memory_capacity: int = _f(500, "experience memory size (bundles)")
+    ved_eviction_window: int = _f(50, "when the memory is full, the smallest-gap entry among this many oldest "
+                                      "is evicted (1: plain FIFO)")
+    ved_min_similarity: float = _f(0.84, "retrieve the nearest bundle only at this cosine similarity or more")
+    ved_embedder: str = _f("minilm", "memory keys: minilm (bundled all-MiniLM-L6-v2, offline) | hash | a "
+                                     "sentence-transformers folder")
+    ved_same_step: bool = _f(True, "a step's new guides enter the memory before its requests retrieve (a request "
+                                   "can meet its own group's guide); off: retrieval sees earlier steps only")
+    ved_top_frac: float = _f(0.10, "share of each guided sequence's tokens in the SDL mask, by |log q - log p|")
+    ved_k3_clamp: float = _f(10.0, "k3 per token is clamped to [-c, c]")
+    ved_ratio_cap: float = _f(2.0, "importance ratio min(p_theta / p_theta_old, cap)")
+    ved_token_cap: float | None = _f(None, "optional cap on each token's rho * k3 (not published; off)")
     preset: str | None = _f(None, "gpu | cpu: defaults applied under explicit settings")
 
     @classmethod
@@ -101,6 +131,18 @@ class GRPOConfig:
             raise ValueError("lr_schedule must be cosine or constant")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0 for GRPO rollouts")
+        if not 0 < self.ved_top_frac <= 1:
+            raise ValueError("ved_top_frac must be in (0, 1]")
+        if self.ved_ratio_cap <= 0 or self.ved_k3_clamp <= 0:
+            raise ValueError("ved_ratio_cap and ved_k3_clamp must be > 0")
+        if self.ved_max_pairs < 0 or self.ved_memory_capacity < 1 or self.ved_eviction_window < 1:
+            raise ValueError("ved_max_pairs must be >= 0, ved_memory_capacity and ved_eviction_window >= 1")
+        if not -1 <= self.ved_min_similarity <= 1:
+            raise ValueError("ved_min_similarity is a cosine similarity, in [-1, 1]")
+        if self.ved_summarizer not in ("offline", "endpoint"):
+            raise ValueError("ved_summarizer must be offline or endpoint")
+        if self.ved and self.ved_summarizer == "endpoint" and not self.ved_summarizer_url:
+            raise ValueError("ved_summarizer=endpoint needs ved_summarizer_url")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,7 +28,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
@@ -106,12 +106,15 @@ def token_logprobs(model: Any, ids: Sequence[int], positions: Sequence[int], tem
     return chosen, ent
 
 
-def prefix_cache(model: Any, ids: Sequence[int], autocast: bool = False) -> Any:
-    """Keys and values of `ids` under the current weights, with no gradient (see token_logprobs)."""
+def prefix_cache(model: Any, ids: Sequence[int], autocast: bool = False, base: tuple[int, Any] | None = None) -> Any:
+    """Keys and values of `ids` under the current weights, with no gradient (see token_logprobs).
+    `base` = (m, cache of ids[:m]): extend that cache (left as it is) instead of starting over."""
     from transformers import DynamicCache
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        model(input_ids=torch.tensor([list(ids)]), cache=cache, use_cache=True, logits_to_keep=1)
+    m, cache = (base[0], copy.deepcopy(base[1])) if base is not None else (0, DynamicCache(config=model.config))
+    if m < len(ids):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids=torch.tensor([list(ids[m:])]), cache=cache, use_cache=True, logits_to_keep=1,
+                  position_ids=torch.arange(m, len(ids))[None])
     return cache
 
 
@@ -134,6 +137,10 @@ class LossTerm(Protocol):
     `prepare` runs once per step after the advantages are known (a teacher forward pass, a mask,
     the term's normaliser); `loss` returns the term's contribution for one sequence, already
     weighted and normalised over the step, given the student's log-probs on its masked tokens.
+    Optional hooks, used when a term has them: `begin(members)` before each minibatch (the
+    sequence indices it trains), `metrics()` after the update (merged into the step's record),
+    `state_dict()` saved in every checkpoint and `attach(run_dir, step_done, state)` at setup
+    (state: what the resumed checkpoint saved, or None), `close()` at the end of training.
     """
 
     name: str
@@ -151,6 +158,7 @@ class StepBatch:
     rewards: list[Any]                       # train.rewards.Reward per rollout
     advantages: list[float]
     sequences: list[TrainSequence]
+    notes: dict[int, dict[str, Any]] = field(default_factory=dict)   # per rollout, added to its record
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -162,10 +170,12 @@ class GRPOTrainer:
     def __init__(self, config: GRPOConfig, *, rows: list[dict[str, Any]] | None = None,
                  tools: list[Any] | None = None, reward_fn: RewardFn | None = None,
                  loss_terms: Sequence[LossTerm] = (), agent_config: Any = None, policy: Any = None,
-                 weight_sync: Callable[[Any, int], None] | None = None):
+                 weight_sync: Callable[[Any, int], None] | None = None, ved_api_key: str = ""):
         """`policy`: roll out through another policy than the in-process one (a vLLM server, the
         llama.cpp policy); it must return token ids and log-probs (`Sampling.logprobs`), and
-        `weight_sync(model, step)` must bring it the new weights after each update."""
+        `weight_sync(model, step)` must bring it the new weights after each update.
+        With `config.ved` the VED term (train/ved.py) joins `loss_terms`; `ved_api_key` is the
+        key of its summariser endpoint, if that needs one."""
         self.config = config
         self.run_dir = Path(config.output_dir)
         self.rows = rows if rows is not None else load_rows(config.pool)
@@ -175,12 +185,18 @@ class GRPOTrainer:
         self._own_tools: list[Any] = []
         self.reward_fn = reward_fn
         self.loss_terms = list(loss_terms)
+        if config.ved and not any(getattr(t, "name", None) == "sdl" for t in self.loss_terms):
+            from .ved import VEDTerm
+            self.loss_terms.append(VEDTerm(config, api_key=ved_api_key))
         self.agent_config = agent_config
         self.policy = policy
         self.weight_sync = weight_sync
         self.model: Any = None
         self.tokenizer: Any = None
         self.step_done = 0
+        # (ids, their keys and values) under the current weights: a prefix several passes of one
+        # update share (the system prompt); set by `remember_prefix`, dropped at every optimizer step
+        self._base_prefix: tuple[list[int], Any] | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -205,6 +221,7 @@ class GRPOTrainer:
         warm = cfg.warmup_steps * cfg.epochs_per_step * cfg.minibatches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg.lr_schedule, warm, total))
         self.metrics = MetricsLog(self.run_dir)
+        state: dict[str, Any] = {}
         if latest is not None:
             state = torch.load(latest / "trainer_state.pt", weights_only=False)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -215,6 +232,10 @@ class GRPOTrainer:
             for f in (self.run_dir / "rollouts").glob("step_*.jsonl"):
                 if int(f.stem.split("_")[1]) > self.step_done:
                     f.unlink()
+        for term in self.loss_terms:
+            if hasattr(term, "attach"):
+                term.attach(self.run_dir, self.step_done,
+                            (state.get("terms") or {}).get(term.name) if latest is not None else None)
         if self.policy is None:
             from ..policies.hf import HFPolicy
             self.policy = HFPolicy(model=self.rollout_model, tokenizer=self.tokenizer,
@@ -251,6 +272,9 @@ class GRPOTrainer:
             plot_curves(self.metrics.records(), self.run_dir / "curves.png", title=f"GRPO {self.config.model}")
             if self._own_tools:
                 asyncio.run(_close_tools(self._own_tools))
+            for term in self.loss_terms:
+                if hasattr(term, "close"):
+                    term.close()
         return out
 
     def batch_rows(self, step: int) -> list[dict[str, Any]]:
@@ -265,21 +289,13 @@ class GRPOTrainer:
         return picked
 
     def step(self, step: int) -> dict[str, Any]:
-        cfg = self.config
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         rows = self.batch_rows(step)
         rollouts, rewards = asyncio.run(self._rollouts_and_rewards(rows, step, seconds))
         groups = [r.group for r in rollouts]
         values = [w.reward for w in rewards]
-        advantages = group_advantages(values, groups, cfg.adv_eps)
-        sequences = []
-        for i, r in enumerate(rollouts):
-            for seq in trajectory_sequences(r.trajectory, i, self.encode):
-                if len(seq.input_ids) > cfg.max_sequence_tokens:
-                    seq.input_ids, seq.mask = seq.input_ids[:cfg.max_sequence_tokens], seq.mask[:cfg.max_sequence_tokens]
-                sequences.append(seq)
-        batch = StepBatch(rollouts, rewards, advantages, sequences)
+        batch = self.make_batch(rollouts, rewards)
         t = time.perf_counter()
         for term in self.loss_terms:
             term.prepare(self, batch)
@@ -293,9 +309,24 @@ class GRPOTrainer:
         record = {"step": step, **_reward_stats(values, groups), **rollout_stats(rollouts), **losses,
                   "lr": lr,
                   "seconds": {k: round(v, 3) for k, v in seconds.items()}, "seconds_step": round(seconds["step"], 3)}
+        for term in self.loss_terms:
+            if hasattr(term, "metrics"):
+                record.update(term.metrics())
         self.metrics.write(record)
         self.step_done = step
         return record
+
+    def make_batch(self, rollouts: list[Rollout], rewards: list[Any]) -> StepBatch:
+        """Advantages within groups and the token sequences of a step's rollouts."""
+        cfg = self.config
+        advantages = group_advantages([w.reward for w in rewards], [r.group for r in rollouts], cfg.adv_eps)
+        sequences = []
+        for i, r in enumerate(rollouts):
+            for seq in trajectory_sequences(r.trajectory, i, self.encode):
+                if len(seq.input_ids) > cfg.max_sequence_tokens:
+                    seq.input_ids, seq.mask = seq.input_ids[:cfg.max_sequence_tokens], seq.mask[:cfg.max_sequence_tokens]
+                sequences.append(seq)
+        return StepBatch(rollouts, rewards, advantages, sequences)
 
     def encode(self, messages: list[dict[str, Any]], completions: Sequence[list[int] | None] = ()) -> list[int]:
         """The training tokenizer's rendering of a conversation (turns with no recorded prompt ids)."""
@@ -357,6 +388,9 @@ class GRPOTrainer:
                 if n_tokens == 0:
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
+                for term in self.loss_terms:
+                    if hasattr(term, "begin"):
+                        term.begin([i for i in members if i in active])
                 prefix = self._prefix([seqs[i] for i in members if i in active])
                 for i in members:
                     if i not in active:
@@ -390,6 +424,7 @@ class GRPOTrainer:
                         torch.tensor(0.0))
                 grad_norms.append(float(norm))
                 self.optimizer.step()
+                self._base_prefix = None
                 self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._sync_rollout_model()
@@ -406,7 +441,19 @@ class GRPOTrainer:
     def _prefix(self, sequences: list[TrainSequence]) -> tuple[int, Any] | None:
         """The shared, gradient-free prefix of these sequences under the current weights (detach_prefix)."""
         n = shared_prefix(sequences) if self.config.detach_prefix else 0
-        return (n, prefix_cache(self.model, sequences[0].input_ids[:n], self.config.bf16)) if n else None
+        return (n, self.prefix_for(sequences[0].input_ids[:n])) if n else None
+
+    def prefix_for(self, ids: list[int]) -> Any:
+        """Keys and values of `ids` (no gradient, current weights), extending the remembered prefix
+        when it starts `ids`."""
+        base = self._base_prefix
+        use = (len(base[0]), base[1]) if base and len(base[0]) <= len(ids) and ids[:len(base[0])] == base[0] else None
+        return prefix_cache(self.model, ids, self.config.bf16, base=use)
+
+    def remember_prefix(self, ids: list[int]) -> None:
+        """Keep the cache of `ids` until the next optimizer step (a loss term's teacher pass and
+        the update both start from the system prompt: it is computed once)."""
+        self._base_prefix = (list(ids), prefix_cache(self.model, ids, self.config.bf16))
 
     def _ref_logprobs(self, ids: list[int], positions: list[int]) -> torch.Tensor:
         cfg = self.config
@@ -429,18 +476,20 @@ class GRPOTrainer:
         path = self.run_dir / "rollouts" / f"step_{step:05d}.jsonl"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            for r, w, a in zip(batch.rollouts, batch.rewards, batch.advantages):
-                record = {"step": step, "row_id": r.row.get("id"), "group": r.group, "k": r.k,
-                          "reward": w.reward, "reward_detail": w.to_dict() if hasattr(w, "to_dict") else w,
-                          "advantage": a, "trajectory": r.trajectory.to_dict()}
+            for i, (r, w, a) in enumerate(zip(batch.rollouts, batch.rewards, batch.advantages)):
+                # `id` is the row's: the viewer numbers a group's K rollouts id, id#2, id#3, ...
+                record = {"step": step, "id": r.row.get("id"), "row_id": r.row.get("id"), "group": r.group,
+                          "k": r.k, "reward": w.reward, "reward_detail": w.to_dict() if hasattr(w, "to_dict") else w,
+                          "advantage": a, "trajectory": r.trajectory.to_dict(), **batch.notes.get(i, {})}
                 f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         os.replace(tmp, path)
 
     def save_checkpoint(self, step: int) -> Path:
         from .weights import save_checkpoint
+        terms = {t.name: t.state_dict() for t in self.loss_terms if hasattr(t, "state_dict")}
         return save_checkpoint(self.run_dir / "checkpoints", step, self.model, self.tokenizer,
                                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                                "torch_rng": torch.get_rng_state(), "step": step},
+                                "torch_rng": torch.get_rng_state(), "step": step, "terms": terms},
                                {"step": step, "base": str(self.base_path), "lora": self.config.lora_r > 0},
                                keep=self.config.keep_checkpoints)
 

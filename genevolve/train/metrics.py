@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 # Curves drawn in the PNG, when present.
-PLOTTED = ("reward_mean", "answer_rate", "loss", "pg_loss", "kl", "clip_fraction", "sdl_loss", "lr",
-           "grad_norm", "tool_calls_per_run", "seconds_step")
+PLOTTED = ("reward_mean", "answer_rate", "loss", "pg_loss", "kl", "clip_fraction", "sdl_loss", "sdl_hit_rate",
+           "ved_memory_size", "lr", "grad_norm", "tool_calls_per_run", "seconds_step")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -44,13 +44,7 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after `step` (written before a crash, past the checkpoint)."""
-        if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        truncate_jsonl(self.path, step)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -68,6 +62,18 @@ class MetricsLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
+    """Keep the lines of a per-step JSON lines file (metrics, guides) whose `step` is at most `step`."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

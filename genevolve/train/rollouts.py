@@ -61,6 +61,18 @@ async def collect(policy: Any, tools: list[Any], rows: list[dict[str, Any]], *, 
             for (g, k, row, guide, _), traj in zip(jobs, trajectories)]
 
 
+def rollout_item_ids(rollouts: list[Rollout]) -> list[str]:
+    """The id the viewer gives each rollout of a step file: the row's id for its first rollout,
+    then id#2, id#3, ... in file order (rollouts/step_XXXXX.jsonl is written in this order)."""
+    seen: Counter = Counter()
+    out = []
+    for r in rollouts:
+        base = str(r.row.get("id"))
+        seen[base] += 1
+        out.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return out
+
+
 def rollout_stats(rollouts: list[Rollout]) -> dict[str, Any]:
     """Answer rate, tool calls by type, skill calls, turns and tokens of a batch of rollouts."""
     n = max(len(rollouts), 1)

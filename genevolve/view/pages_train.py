@@ -18,6 +18,7 @@ GROUPS = [
     ("tool calls", lambda k: k.startswith("tool_calls")),
     ("skill calls", lambda k: k.startswith("skill_calls")),
     ("loss terms", lambda k: any(w in k for w in ("loss", "kl", "sdl", "entropy", "grad_norm", "clip"))),
+    ("experience (VED)", lambda k: k.startswith("ved_")),
     ("seconds per phase", lambda k: k.startswith("seconds") or k.endswith("_s")),
 ]
 NOT_PLOTTED = {"step", "time", "timestamp", "epoch_time", "wall_time"}
@@ -65,7 +66,7 @@ def charts(rows: list[dict[str, Any]]) -> str:
     return f'<p class="muted">{len(rows)} steps; last: {summary}</p><div class="cards" id="curves">{"".join(out)}</div>'
 
 
-def _side(label: str, value: Any, rollout_link) -> str:
+def _side(label: str, value: Any, rollout_link, step: Any = None) -> str:
     """One trajectory of a guide's pair: its reward and program, or whatever the record holds."""
     if not isinstance(value, dict):
         return f'<div class="card"><h3>{esc(label)}</h3><pre>{pretty_json(value)}</pre></div>'
@@ -84,7 +85,7 @@ def _side(label: str, value: Any, rollout_link) -> str:
         facts.append(f"{len(calls)} tool calls: " + ", ".join(
             f'<span class="tool-name">{esc(c.get("name"))}</span> {esc(json.dumps(c.get("arguments"), ensure_ascii=False)[:80])}'
             for c in calls))
-    link = rollout_link(value.get("id") or traj.get("id"))
+    link = rollout_link(value.get("id") or traj.get("id"), step)
     parts = [f'<h3>{esc(label)} {link}</h3><div class="stats">{" ".join(facts)}</div>']
     if program:
         refs = ", ".join(f'{esc(r.get("img_id"))} {esc(r.get("title") or "")}' for r in program.get("reference_images") or []
@@ -123,7 +124,7 @@ def guides_section(guides: list[dict[str, Any]], page_no: int, key: str, rollout
         rest = {k: v for k, v in g.items() if k not in shown}
         cards.append(f'<div class="guide"><div class="muted">{head}</div><p>{esc(request)}</p>'
                      f'<h3>decision guide</h3><pre class="guide-text">{esc(text)}</pre>'
-                     + (f'<div class="side">{"".join(_side(n, v, rollout_link) for n, v in pair)}</div>' if pair else "")
+                     + (f'<div class="side">{"".join(_side(n, v, rollout_link, g.get("step")) for n, v in pair)}</div>' if pair else "")
                      + (details("other fields", f"<pre>{pretty_json(rest)}</pre>") if rest else "") + "</div>")
     return (f'<p class="muted">{len(guides)} guides, newest first</p>'
             + pager("/train", {"key": key}, page_no, pages) + "".join(cards))
@@ -141,12 +142,17 @@ def memory_section(memory: Any) -> str:
     rows = []
     for n, entry in enumerate(entries, 1):
         if isinstance(entry, dict):
-            cells = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v) if isinstance(v, (str, int, float)) else f'<pre>{pretty_json(v)}</pre>'}</dd>"
-                            for k, v in entry.items())
+            cells = "".join(f"<dt>{esc(k)}</dt><dd>{_cell(v)}</dd>" for k, v in entry.items())
             rows.append(f'<div class="guide"><b>#{n}</b><dl class="kv">{cells}</dl></div>')
         else:
             rows.append(f'<div class="guide"><b>#{n}</b> {esc(entry)}</div>')
     return f'<p class="muted">{len(entries)} entries</p>' + "".join(rows)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str) and "\n" in value:          # a decision guide keeps its lines
+        return f'<pre class="guide-text">{esc(value)}</pre>'
+    return esc(value) if isinstance(value, (str, int, float)) else f"<pre>{pretty_json(value)}</pre>"
 
 
 def train_page(catalog: Catalog, run: TrainingRun, page_no: int = 1) -> str:
@@ -162,10 +168,12 @@ def train_page(catalog: Catalog, run: TrainingRun, page_no: int = 1) -> str:
     except (OSError, ValueError):
         pass
 
-    def rollout_link(item_id: Any) -> str:
+    def rollout_link(item_id: Any, step: Any = None) -> str:
         if item_id is None:
             return ""
-        for key in reversed(run.rollouts):
+        # the rollouts file of the guide's own step first: the same row comes back in later epochs
+        own = f"step_{step:05d}" if isinstance(step, int) else None
+        for key in sorted(reversed(run.rollouts), key=lambda k: catalog.sources[k].files[0].path.stem != own):
             if catalog.sources[key].get(str(item_id)) is not None:
                 return f'<a class="muted" href="{esc(url("/item", src=key, id=str(item_id)))}">{esc(item_id)}</a>'
         return f'<span class="muted">{esc(item_id)}</span>'
