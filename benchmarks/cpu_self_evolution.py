@@ -121,6 +121,20 @@ def train_stages(args: argparse.Namespace, paths: dict[str, Path], out: Path) ->
     return stages
 
 
+def remember_training(stages: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Training figures survive the run that trained them: a stage reused by a later invocation (to
+    evaluate all stages at once) reports the time and rewards of the run that trained it."""
+    known = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    for name, stage in stages.items():
+        reused = stage.get("reused") or (name in ("grpo", "grpo_ved") and not stage.get("steps_run"))
+        if reused and name in known:
+            stages[name] = {**known[name], "model_dir": stage["model_dir"]}
+        else:
+            known[name] = stage
+    atomic_write_json(path, known)
+    return stages
+
+
 def grpo_config(args: argparse.Namespace, start: str, run_dir: Path, ved: bool, **extra: Any) -> Any:
     from genevolve.train.config import GRPOConfig
     settings: dict[str, Any] = dict(model=start, output_dir=str(run_dir), steps=args.grpo_steps,
@@ -472,6 +486,8 @@ def main() -> None:
                                                                "its key from OPENAI_API_KEY)")
     p.add_argument("--ved-summarizer-model", default="default")
     p.add_argument("--no-ved-cost", action="store_true", help="skip the VED-vs-GRPO step cost measurement")
+    p.add_argument("--no-eval", action="store_true", help="train the stages (or reuse them) and stop: evaluate "
+                                                              "later with every stage at once")
     p.add_argument("--toy", action="store_true", help="a few rows and steps, end to end")
     p.add_argument("--sweep", action="store_true", help="run the lr x group-size sweep instead")
     p.add_argument("--sweep-lr", type=float, nargs="+", default=[3e-6, 1e-5, 3e-5])
@@ -510,7 +526,7 @@ def main() -> None:
         splits["offline_bench"] = subset(with_abs_gt(read_jsonl(bench_dir / "test.jsonl"), bench_dir),
                                          args.bench_rows, "offline_bench")
     t0 = time.perf_counter()
-    stages = train_stages(args, paths, out)
+    stages = remember_training(train_stages(args, paths, out), out / "TRAINING.json")
     train_s = time.perf_counter() - t0
     cost = None
     if "grpo_ved" in args.stages and not args.no_ved_cost:
@@ -522,6 +538,9 @@ def main() -> None:
             cost = ved_step_cost(args, stages["sft"]["model_dir"], load_rows(paths["pool"]), out)
             atomic_write_json(cost_file, cost)
         print(json.dumps({"ved_step_cost": cost}))
+    if args.no_eval:
+        print(json.dumps({"training": stages}))
+        return
     evaluation = eval_stages(args, stages, splits, out)
     report = {"model": args.model, "training": stages, "training_s": round(train_s, 1), "ved_step_cost": cost,
               "splits": {k: len(v) for k, v in splits.items()}, "evaluation": evaluation,
