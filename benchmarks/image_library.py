@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from genevolve.tools.image_library import ImageLibrary, default_library_dir
-from genevolve.tools.image_library_build import ensure_builtin
+from genevolve.tools.image_library import ensure_builtin
 
 QUERIES = ["flag of Australia", "Australian flag", "Australia flag", "cat", "red heart", "rocket launch",
            "flag of the country whose capital is Canberra", "man playing basketball", "cup of coffee",

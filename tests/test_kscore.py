@@ -12,7 +12,8 @@ from PIL import Image
 
 from genevolve.judges.base import JudgeError
 from genevolve.judges.kscore import RUBRIC_VERSION, KScoreJudge, parse_kscore_reply
-from genevolve.judges.vlm_client import RateLimiter, extract_json, image_data_url, resolve_endpoint
+from genevolve.jsonio import extract_json
+from genevolve.judges.vlm_client import RateLimiter, image_data_url, resolve_endpoint
 from fakes.judge_server import FakeJudgeServer, Reply, image_urls, kscore_reply, throttled
 
 GOOD = kscore_reply(1, 0.5, 1, 0.5)

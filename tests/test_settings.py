@@ -225,10 +225,14 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, clean_env):
 # ------------------------------------------------------------------ guards on the whole package
 
 def env_names() -> set[str]:
+    """Every variable the settings read, and every one the command-line modules read themselves."""
     names = {"GENEVOLVE_CACHE", "GENEVOLVE_CONFIG", "XDG_CACHE_HOME"}
     for cls in AREAS.values():
         for f in dataclasses.fields(cls):
             names.update(f.metadata["env"])
+    for path in [ROOT / "genevolve" / "config.py", *(ROOT / "genevolve" / "cli").glob("*.py")]:
+        names.update(re.findall(r"""environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]+)["']""",
+                                path.read_text(encoding="utf-8")))
     return names
 
 

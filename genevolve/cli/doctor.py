@@ -49,7 +49,7 @@ def checks(settings: Any) -> list[dict[str, Any]]:
     add("search", "serper", _given(t.serper_api_key, "SERPER_API_KEY"))
     add("search", "searxng", _given(t.searxng_url or t.search_options.get("url"), "SEARXNG_URL or [searxng] url"))
     try:
-        from ..tools.image_library_build import find_emoji_font
+        from ..tools.image_library import find_emoji_font
         emoji_font = t.emoji_font or find_emoji_font()
     except Exception:           # a missing font or package is what this line reports
         emoji_font = None

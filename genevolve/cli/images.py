@@ -84,7 +84,7 @@ def _err(msg: str) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..tools.image_library_build import ensure_builtin
+    from ..tools.image_library import ensure_builtin
     start = time.perf_counter()
     folder = ensure_builtin(_root(args), log=_err, force=args.force, emoji_font=_emoji_font(args))
     info = json.loads((folder / "BUILD.json").read_text(encoding="utf-8"))
@@ -93,7 +93,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _fetch_flags(args: argparse.Namespace) -> int:
-    from ..tools.image_library_build import ensure_builtin, fetch_flags
+    from ..tools.image_library import ensure_builtin
+    from ..tools.image_library_build import fetch_flags
     try:
         folder = fetch_flags(_root(args), log=_err)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:

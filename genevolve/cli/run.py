@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..pipeline.batch import InputError, Row, read_rows
+    from ..pipeline.batch import Row, read_input
     from ..pipeline.generate import run_agents
 
     if args.parallel < 1:
@@ -37,12 +37,7 @@ def main(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         rows, problems = [Row(id="item_000001", line=1, data={"prompt": args.prompt})], []
     else:
-        try:
-            rows, problems = read_rows(args.input)
-        except InputError as exc:
-            return fail(str(exc))
-        for p in problems:
-            say(f"skipping {p.message}")
+        rows, problems = read_input(args.input, lambda message: say(f"skipping {message}"))
     counts = asyncio.run(run_agents(command_settings(args), rows, problems, args.output_dir, parallel=args.parallel,
                                     retry_errors=not args.no_retry_errors, progress=not args.quiet))
     first_error = counts.pop("first_error", None)

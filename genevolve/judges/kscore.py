@@ -13,7 +13,8 @@ from typing import Any
 
 from ..config import parse_bool
 from .base import DIMENSIONS, Judge, JudgeError, JudgeResult
-from .vlm_client import EndpointJudge, ask_until_valid, extract_json, text_part
+from ..jsonio import extract_json
+from .vlm_client import EndpointJudge, ask_until_valid, text_part
 
 RUBRIC_VERSION = "genevolve-kscore-1"
 ALLOWED = (0.0, 0.5, 1.0)

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 from ..protocol import MAX_REFERENCES, parse_turn
 from .base import Judge, JudgeError, JudgeResult
 from .kscore import grade, missing_images
-from .vlm_client import EndpointJudge, ask_until_valid, extract_json, text_part
+from ..jsonio import extract_json
+from .vlm_client import EndpointJudge, ask_until_valid, text_part
 
 RUBRIC_VERSION = "genevolve-program-1"
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)

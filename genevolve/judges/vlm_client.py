@@ -3,7 +3,7 @@
 It speaks the OpenAI chat-completions protocol (Gemini's OpenAI endpoint, OpenAI, vLLM, SGLang, ...),
 sends images inline as JPEG data URLs with a bounded long side, always samples at temperature 0,
 spaces requests to a requests-per-minute budget and retries transport failures (429, 5xx, resets).
-Judges retry unreadable *replies* themselves; see `extract_json` for what counts as readable.
+Judges retry unreadable *replies* themselves; see `jsonio.extract_json` for what counts as readable.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 from ..chat_client import ChatClient, ChatError
 from ..httpretry import RetryPolicy
-from ..jsonio import extract_json  # noqa: F401  (judges read replies with it)
 from ..limits import MAX_IMAGE_PIXELS
 from .base import JudgeError
 

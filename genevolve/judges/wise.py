@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable
 
 from .base import JudgeError
 from .kscore import grade, missing_images
-from .vlm_client import EndpointJudge, ask_until_valid, extract_json, text_part
+from ..jsonio import extract_json
+from .vlm_client import EndpointJudge, ask_until_valid, text_part
 
 CATEGORIES = ("cultural", "time", "space", "biology", "physics", "chemistry")
 

@@ -132,6 +132,18 @@ def read_rows(path: str | Path, *, duplicates: str = "error") -> tuple[list[Row]
     return rows, problems
 
 
+def read_input(path: str | Path, say: Callable[[str], None], **options: Any) -> tuple[list[Row], list[InputProblem]]:
+    """`read_rows` for a stage's input file: a file that cannot be used at all is a StageError (the
+    command's one line), and each row that cannot run is said and returned as a problem."""
+    try:
+        rows, problems = read_rows(path, **options)
+    except InputError as exc:
+        raise StageError(str(exc)) from None
+    for p in problems:
+        say(p.message)
+    return rows, problems
+
+
 ID_FIELDS = ("id", "prompt_id")
 REQUEST_FIELDS = ("prompt", "question", "Prompt")   # ours, GenEvolve-Bench's, WISE's
 

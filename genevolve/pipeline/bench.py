@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..settings import Settings
-from .batch import InputError, StageError, read_rows
+from .batch import StageError, read_input, read_rows
 from .generate import run_agents
 from .judge import build_stage_judge, judge_rows, load_results
 from .render import backend_parallel, render_rows
@@ -34,12 +34,7 @@ async def run_bench(settings: Settings, input_path: str | Path, gt_root: str | P
     out = Path(out_dir)
     if not Path(gt_root).is_dir():
         raise StageError(f"--gt-root {gt_root}: no such folder")
-    try:
-        rows, problems = read_rows(input_path)
-    except InputError as exc:
-        raise StageError(str(exc)) from None
-    for p in problems:
-        say(p.message)
+    rows, problems = read_input(input_path, say)
     rows = rows[:limit] if limit is not None else rows
     keep = {r.id for r in rows}          # this run's rows only (an earlier run may have had a longer --limit)
 

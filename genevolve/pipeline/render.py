@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from ..limits import MAX_GEN_PROMPT_CHARS, MAX_RENDER_REFERENCES
 from ..settings import Settings
-from .batch import InputError, InputProblem, ResultStore, Row, StageError, prepare_dir, read_rows, run_items
+from .batch import InputProblem, ResultStore, Row, StageError, prepare_dir, read_input, run_items
 
 OK = "ok"
 NO_PROGRAM = "skipped: no program"
@@ -180,12 +180,7 @@ async def render_file(settings: Settings, input_path: str | Path, out_dir: str |
     from ..generators.base import GeneratorError
     from ..settings import build_generator
 
-    try:
-        rows, problems = read_rows(input_path)
-    except InputError as exc:
-        raise StageError(str(exc)) from None
-    for p in problems:
-        say(p.message)
+    rows, problems = read_input(input_path, say)
     try:
         generator = build_generator(settings)
     except (GeneratorError, ValueError, TypeError) as exc:
