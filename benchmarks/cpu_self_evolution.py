@@ -18,8 +18,9 @@ exported to GGUF (q8_0) and evaluated by the embedded llama.cpp policy on the he
 the offline benchmark's test split: valid-program rate, program-level grounding of the hidden
 entity (against the recipe, no pixels), KScore by dimension with the offline renderer and offline
 judge (invalid programs count 0), tool and skill calls, seconds per request, each with a 95%
-bootstrap interval, overall and by track (Knowledge- / Quality-Anchored). The untuned 1.5B default
-runs on a fixed random subset (`--big-rows`).
+bootstrap interval, overall and by track (Knowledge- / Quality-Anchored); then each stage against
+the one before it (and the untuned model) as a paired difference on the same rows, with a paired
+bootstrap interval. The untuned 1.5B default runs on a fixed random subset (`--big-rows`).
 
 Everything is resumable: training resumes from its checkpoints, evaluation skips rows already in
 `OUT/eval/<stage>/<split>.jsonl`. The report is OUT/REPORT.json and OUT/REPORT.md; the script
@@ -303,19 +304,27 @@ def track_of(row: dict[str, Any]) -> str:
     return str((row.get("meta") or {}).get("track") or row.get("eval_type") or "unknown")
 
 
+def figures(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The point figures of a set of evaluation records (grounding over rows that have a hidden entity)."""
+    n = len(records)
+    grounded = [r["grounded"] for r in records if r["grounded"] is not None]
+    return {"valid_rate": sum(r["valid"] for r in records) / n,
+            "grounded_rate": sum(grounded) / len(grounded) if grounded else math.nan,
+            **_kscore(records),
+            "tool_calls": sum(len(r["tool_calls"]) for r in records) / n,
+            "skill_calls": sum(len(r["skills"]) for r in records) / n,
+            "seconds": sum(r["seconds"] for r in records) / n}
+
+
+def _interval(values: list[float]) -> list[float | None]:
+    values = sorted(v for v in values if not math.isnan(v))
+    return [values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]] if values else [None, None]
+
+
 def summarize(records: list[dict[str, Any]], tracks: dict[str, str] | None = None,
               resamples: int = 1000) -> dict[str, Any]:
     """Figures with 95% bootstrap intervals (rows resampled with replacement, seeded); with
     `tracks` (row id -> track) the same figures for each track under `by_track`."""
-    def figures(rs: list[dict[str, Any]]) -> dict[str, float]:
-        n = len(rs)
-        grounded = [r["grounded"] for r in rs if r["grounded"] is not None]
-        return {"valid_rate": sum(r["valid"] for r in rs) / n,
-                "grounded_rate": sum(grounded) / len(grounded) if grounded else math.nan,
-                **_kscore(rs),
-                "tool_calls": sum(len(r["tool_calls"]) for r in rs) / n,
-                "skill_calls": sum(len(r["skills"]) for r in rs) / n,
-                "seconds": sum(r["seconds"] for r in rs) / n}
     if not records:
         return {"n": 0}
     point = figures(records)
@@ -323,9 +332,7 @@ def summarize(records: list[dict[str, Any]], tracks: dict[str, str] | None = Non
     draws = [figures([records[rng.randrange(len(records))] for _ in records]) for _ in range(resamples)]
     out: dict[str, Any] = {"n": len(records)}
     for key, value in point.items():
-        values = sorted(d[key] for d in draws if not math.isnan(d[key]))
-        lo, hi = (values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]) if values else (None, None)
-        out[key] = {"value": value, "ci95": [lo, hi]}
+        out[key] = {"value": value, "ci95": _interval([d[key] for d in draws])}
     tools: dict[str, int] = {}
     for r in records:
         for name in r["tool_calls"]:
@@ -336,6 +343,44 @@ def summarize(records: list[dict[str, Any]], tracks: dict[str, str] | None = Non
         out["by_track"] = {t: summarize([r for r in records if tracks.get(r["id"], "unknown") == t], None, resamples)
                            for t in names}
     return out
+
+
+# Which stage is measured against which: each step of the chain against the one before it, and the
+# whole chain against the untuned model.
+COMPARISONS = (("sft", "untuned"), ("grpo", "sft"), ("grpo_ved", "grpo"), ("grpo", "untuned"),
+               ("grpo_ved", "untuned"), ("grpo", "big"))
+PAIRED_KEYS = ("valid_rate", "grounded_rate", "kscore", "seconds")
+
+
+def paired_difference(before: list[dict[str, Any]], after: list[dict[str, Any]],
+                      resamples: int = 1000) -> dict[str, Any]:
+    """`after` minus `before` on the rows both stages evaluated, with a paired 95% bootstrap interval:
+    each draw resamples row ids and takes both stages' records of those rows, so how hard a row is
+    cancels out (stage-wise intervals overlap long before a paired difference is uncertain)."""
+    earlier = {r["id"]: r for r in before}
+    pairs = [(earlier[r["id"]], r) for r in after if r["id"] in earlier]
+    if not pairs:
+        return {"n": 0}
+
+    def diff(ps: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, float]:
+        a, b = figures([p[0] for p in ps]), figures([p[1] for p in ps])
+        return {k: b[k] - a[k] for k in PAIRED_KEYS}
+    point = diff(pairs)
+    rng = random.Random(0)
+    draws = [diff([pairs[rng.randrange(len(pairs))] for _ in pairs]) for _ in range(resamples)]
+    return {"n": len(pairs), **{k: {"value": point[k], "ci95": _interval([d[k] for d in draws])}
+                                for k in PAIRED_KEYS}}
+
+
+def compare_stages(out: Path, splits: list[str], stages: list[str]) -> dict[str, Any]:
+    """The paired differences of COMPARISONS whose two stages were both evaluated, per split."""
+    result: dict[str, Any] = {}
+    for split in splits:
+        records = {s: read_jsonl(out / "eval" / s / f"{split}.jsonl") for s in stages}
+        result[split] = {f"{after} - {before}": paired_difference(records[before], records[after])
+                         for after, before in COMPARISONS
+                         if records.get(after) and records.get(before)}
+    return result
 
 
 def export_stage(model_dir: str, out: Path) -> Path:
@@ -433,12 +478,7 @@ def report_md(report: dict[str, Any]) -> str:
                   "| stage | n | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 2)]
         for stage, res in report["evaluation"].items():
             s = res.get(split) or {}
-            cells = []
-            for k in keys:
-                v = s.get(k)
-                cells.append("-" if not v else f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
-                             if v["ci95"][0] is not None else f"{v['value']:.3f}")
-            lines.append(f"| {stage} | {s.get('n', 0)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {stage} | {s.get('n', 0)} | " + " | ".join(_cell(s.get(k)) for k in keys) + " |")
         track_keys = ("kscore", *DIMENSIONS, "grounded_rate", "valid_rate")
         rows = [(stage, track, t) for stage, res in report["evaluation"].items()
                 for track, t in ((res.get(split) or {}).get("by_track") or {}).items()]
@@ -447,15 +487,22 @@ def report_md(report: dict[str, Any]) -> str:
                       "|" + " --- |" * (len(track_keys) + 3)]
             for stage, track, t in rows:
                 lines.append(f"| {stage} | {track} | {t.get('n', 0)} | " + " | ".join(_cell(t.get(k)) for k in track_keys) + " |")
+        paired = (report.get("paired") or {}).get(split) or {}
+        if paired:
+            lines += ["", f"paired differences ({split}; the same rows, 95% paired bootstrap)", "",
+                      "| comparison | n | " + " | ".join(PAIRED_KEYS) + " |", "|" + " --- |" * (len(PAIRED_KEYS) + 2)]
+            for name, d in paired.items():
+                lines.append(f"| {name} | {d.get('n', 0)} | " + " | ".join(_cell(d.get(k), signed=True) for k in PAIRED_KEYS) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any, signed: bool = False) -> str:
     if not v:
         return "-"
+    fmt = "+.3f" if signed else ".3f"
     if v["ci95"][0] is None:
-        return f"{v['value']:.3f}"
-    return f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+        return f"{v['value']:{fmt}}"
+    return f"{v['value']:{fmt}} [{v['ci95'][0]:{fmt}}, {v['ci95'][1]:{fmt}}]"
 
 
 def main() -> None:
@@ -544,6 +591,7 @@ def main() -> None:
     evaluation = eval_stages(args, stages, splits, out)
     report = {"model": args.model, "training": stages, "training_s": round(train_s, 1), "ved_step_cost": cost,
               "splits": {k: len(v) for k, v in splits.items()}, "evaluation": evaluation,
+              "paired": compare_stages(out, list(splits), list(evaluation)),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                            if k != "ved_api_key"}}
     atomic_write_json(out / "REPORT.json", report)
