@@ -383,6 +383,18 @@ async def _close(tools):
         await t.aclose()
 
 
+async def flat(rollout, step, image_path) -> Reward:
+    """Every rollout scores the same: no pair, so nothing to distil."""
+    return Reward(0.5, r_img=0.5, r_text=0.5)
+
+
+def test_a_step_with_nothing_to_distil_logs_zeros_and_no_running_sums(tiny, tools, tmp_path):
+    (record,) = GRPOTrainer(_config(tiny, tmp_path), rows=ROWS[:1], reward_fn=flat, tools=tools).train()
+    assert record["ved_pairs"] == 0 and record["sdl_hit_rate"] == 0.0 and record["sdl_masked_tokens"] == 0
+    assert record["sdl_gap_all"] == 0.0 and record["sdl_k3_clamp_frac"] == 0.0
+    assert not [k for k in record if k.startswith("_")]
+
+
 def test_ved_training_logs_writes_guides_and_resumes_exactly(tiny, tools, tmp_path):
     def run(out: Path, until: int | None = None) -> list[dict]:
         cfg = _config(tiny, out, steps=2, requests_per_step=2, group_size=2, learning_rate=1e-3)

@@ -321,13 +321,16 @@ class VEDTerm:
         s = dict(self._stats)
         if not s:
             return {}
-        masked = s["sdl_masked_tokens"]
+        masked, guided = s["sdl_masked_tokens"], s["sdl_guided_tokens"]
+        # The running sums leave the record whether or not there is anything to divide them by.
+        gap_masked, gap_all, clamped, capped = (s.pop(k) for k in ("_gap_masked", "_gap_all", "_k3_clamped",
+                                                                     "_ratio_capped"))
         s["sdl_loss"] = s.pop("_sum") / max(self._passes, 1)
-        s["sdl_mask_fraction"] = masked / s["sdl_guided_tokens"] if s["sdl_guided_tokens"] else 0.0
-        s["sdl_gap_masked"] = s.pop("_gap_masked") / masked if masked else 0.0
-        s["sdl_gap_all"] = s.pop("_gap_all") / s["sdl_guided_tokens"] if s["sdl_guided_tokens"] else 0.0
-        s["sdl_k3_clamp_frac"] = s.pop("_k3_clamped") / masked if masked else 0.0
-        s["sdl_ratio_cap_frac"] = s.pop("_ratio_capped") / masked if masked else 0.0
+        s["sdl_mask_fraction"] = masked / guided if guided else 0.0
+        s["sdl_gap_masked"] = gap_masked / masked if masked else 0.0
+        s["sdl_gap_all"] = gap_all / guided if guided else 0.0
+        s["sdl_k3_clamp_frac"] = clamped / masked if masked else 0.0
+        s["sdl_ratio_cap_frac"] = capped / masked if masked else 0.0
         s["ved_seconds"] = {"summarise": round(s.pop("ved_summarise_s"), 3), "teacher": round(s.pop("ved_teacher_s"), 3)}
         return s
 
