@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from genevolve.jsonio import atomic_write_json  # noqa: E402
+from genevolve.jsonio import JsonlAppender, atomic_write_json, read_jsonl_tolerant, write_jsonl_atomic  # noqa: E402
 
 DIMENSIONS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics")
 
@@ -51,9 +51,15 @@ DIMENSIONS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics
 # ----------------------------------------------------------------------------- data
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """An input file, strictly (evaluation records: `read_records`)."""
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Evaluation records this script appended; a torn last line (a kill mid-write) is skipped."""
+    return list(read_jsonl_tolerant(path))
 
 
 def with_abs_gt(rows: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
@@ -251,11 +257,13 @@ async def evaluate(policy: Any, rows: list[dict[str, Any]], out_file: Path) -> N
     from genevolve.policies.base import Sampling
     from genevolve.tools import default_tools, make_image_search_backend, make_search_backend
 
-    done = {r["id"] for r in read_jsonl(out_file)}
-    todo = [r for r in rows if r["id"] not in done]
+    kept = read_records(out_file)
+    todo = [r for r in rows if r["id"] not in {k["id"] for k in kept}]
     if not todo:
         return
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+    if out_file.exists() and not out_file.read_bytes().endswith(b"\n"):
+        write_jsonl_atomic(out_file, kept)     # a torn last line would swallow the next record
+    out = JsonlAppender(out_file)                # one write per record: a kill leaves whole lines
     tools = default_tools(make_search_backend("offline"), make_image_search_backend("offline"))
     renderer, judge = OfflineRenderer(long_side=512), OfflineJudge()
     images_dir = out_file.with_suffix("")
@@ -282,10 +290,9 @@ async def evaluate(policy: Any, rows: list[dict[str, Any]], out_file: Path) -> N
                                            gt_image=row["gt_image"], program=program, meta=row.get("meta"))
                 if result.ok:
                     record["scores"], record["text_required"] = result.scores, not result.text_accuracy_na
-            with open(out_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
+            out.append(record)
     finally:
+        out.close()
         for tool in tools:
             await tool.aclose()
 
@@ -376,7 +383,7 @@ def compare_stages(out: Path, splits: list[str], stages: list[str]) -> dict[str,
     """The paired differences of COMPARISONS whose two stages were both evaluated, per split."""
     result: dict[str, Any] = {}
     for split in splits:
-        records = {s: read_jsonl(out / "eval" / s / f"{split}.jsonl") for s in stages}
+        records = {s: read_records(out / "eval" / s / f"{split}.jsonl") for s in stages}
         result[split] = {f"{after} - {before}": paired_difference(records[before], records[after])
                          for after, before in COMPARISONS
                          if records.get(after) and records.get(before)}
@@ -405,7 +412,7 @@ def eval_stages(args: argparse.Namespace, stages: dict[str, Any], splits: dict[s
         finally:
             policy.close()
         results[stage] = {"eval_s": round(time.perf_counter() - t0, 1), "gguf": str(gguf),
-                          **{split: summarize(read_jsonl(out / "eval" / stage / f"{split}.jsonl"), tracks[split])
+                          **{split: summarize(read_records(out / "eval" / stage / f"{split}.jsonl"), tracks[split])
                              for split in splits}}
     if "big" in args.stages:
         t0 = time.perf_counter()
@@ -417,7 +424,7 @@ def eval_stages(args: argparse.Namespace, stages: dict[str, Any], splits: dict[s
         finally:
             policy.close()
         results["big"] = {"eval_s": round(time.perf_counter() - t0, 1),
-                          **{split: summarize(read_jsonl(out / "eval" / "big" / f"{split}.jsonl"), tracks[split])
+                          **{split: summarize(read_records(out / "eval" / "big" / f"{split}.jsonl"), tracks[split])
                              for split in splits}}
     return results
 
