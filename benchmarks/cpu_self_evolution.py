@@ -43,7 +43,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from genevolve.jsonio import JsonlAppender, atomic_write_json, read_jsonl_tolerant, write_jsonl_atomic  # noqa: E402
+from genevolve.jsonio import (JsonlAppender, atomic_write_json, jsonl_lines, read_jsonl_tolerant,  # noqa: E402
+                              write_jsonl_atomic)
 
 DIMENSIONS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics")
 
@@ -54,7 +55,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """An input file, strictly (evaluation records: `read_records`)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in jsonl_lines(path.read_text(encoding="utf-8")) if line.strip()]
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from genevolve.cli import main as genevolve
+from genevolve.jsonio import jsonl_lines
 from genevolve.view import ViewServer
 
 ROWS = [{"id": f"seed_{n}", "prompt": p, "category": c, "meta": {"track": t}} for n, (p, c, t) in enumerate([
@@ -72,7 +73,7 @@ def grow(seed: Path, out: Path, items: int) -> dict[str, int]:
     """Copy the seed's rows under new ids until each stage journal holds `items` rows."""
     sizes = {}
     for stage, name in (("agent", "results.jsonl"), ("render", "results.jsonl"), ("eval", "results_eval.jsonl")):
-        rows = [json.loads(line) for line in (seed / stage / name).read_text().splitlines()]
+        rows = [json.loads(line) for line in jsonl_lines((seed / stage / name).read_text()) if line.strip()]
         (out / stage).mkdir(parents=True, exist_ok=True)
         with open(out / stage / name, "w") as f:
             for n in range(items):

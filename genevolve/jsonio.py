@@ -129,6 +129,13 @@ class JsonlAppender:
         self.close()
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of JSON-lines text. Only "\n" ends a record: `str.splitlines()` also breaks at
+    U+2028, U+2029, U+0085 and \x1c-\x1e, which JSON strings may hold unescaped (and do here: records
+    are written with ensure_ascii=False, and search results carry such characters)."""
+    return text.split("\n")
+
+
 def read_jsonl_tolerant(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Rows of a results file we wrote ourselves; a torn last line (a kill mid-write) is skipped."""
     path = Path(path)

@@ -349,3 +349,31 @@ def test_a_run_in_which_every_item_failed_exits_1_with_one_summary_line(tmp_path
         write_jsonl(inp, [{"id": "a", "text": "no prompt field"}, {"id": "b", "prompt": "a lighthouse"}])
         assert cli(["run", "--input", str(inp), "--base-url", server.base_url, "--output-dir", str(out),
                     "--quiet"]) == 0
+
+
+# -- JSON lines whose strings hold line-breaking characters -----------------------------------------
+
+ODD_BREAKS = "a\u2028b\u2029c\u0085d\x1ce\x1df\x1eg\x0bh\x0ci"
+
+
+def test_json_lines_readers_split_records_only_at_newlines(tmp_path):
+    """Our records are written with ensure_ascii=False, so a search snippet's U+2028, U+2029 or
+    U+0085 reaches the file unescaped; str.splitlines() would cut the record there."""
+    from genevolve.jsonio import JsonlAppender, dumps, jsonl_lines
+    from genevolve.train.metrics import read_metrics, truncate_jsonl
+    from genevolve.train.rollouts import load_rows
+
+    rows = [{"id": f"r{i}", "step": i, "question": f"{ODD_BREAKS} {i}", "gt_image": "gt.png"} for i in (1, 2, 3)]
+    path = tmp_path / "rows.jsonl"
+    with JsonlAppender(path) as out:
+        for row in rows:
+            out.append(row)
+    text = path.read_text(encoding="utf-8")
+    assert "\u2028" in text and "\x85" in text                   # unescaped on disk
+    assert len(text.splitlines()) > 3 and [ln for ln in jsonl_lines(text) if ln] == [dumps(r) for r in rows]
+    read, problems = read_rows(path)
+    assert not problems and [r.data["question"] for r in read] == [r["question"] for r in rows]
+    assert [r["question"] for r in load_rows(path)] == [r["question"] for r in rows]
+    assert read_metrics(path) == rows
+    truncate_jsonl(path, 2)
+    assert read_metrics(path) == rows[:2]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..jsonio import jsonl_lines
 from .writers import prompt_hash
 
 _SPLIT_RE = re.compile(r"^(train|eval|validation|val|test|dev)(?:[-_.]|$)", re.IGNORECASE)
@@ -66,7 +67,7 @@ def _rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
         for i, row in enumerate(data if isinstance(data, list) else [data], 1):
             yield i, row, None
         return
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(jsonl_lines(text), 1):
         if line.strip():
             try:
                 yield i, json.loads(line), None

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from tqdm import tqdm
 
-from ..jsonio import JsonlAppender, atomic_write_json, clean_text, read_jsonl_tolerant, write_jsonl_atomic
+from ..jsonio import JsonlAppender, atomic_write_json, clean_text, jsonl_lines, read_jsonl_tolerant, write_jsonl_atomic
 from ..limits import MAX_REQUEST_CHARS
 
 
@@ -87,7 +87,7 @@ def read_rows(path: str | Path, *, duplicates: str = "error") -> tuple[list[Row]
             raise InputError(f"{path}: a .json input must hold an array of objects")
         entries = [(i, obj, None) for i, obj in enumerate(data, 1)]
     else:
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(jsonl_lines(text), 1):
             if not line.strip():
                 continue
             try:

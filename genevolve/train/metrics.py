@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..jsonio import jsonl_lines
+
 # Curves drawn in the PNG, when present.
 PLOTTED = ("reward_mean", "answer_rate", "loss", "pg_loss", "kl", "clip_fraction", "sdl_loss", "sdl_hit_rate",
            "ved_memory_size", "lr", "grad_norm", "tool_calls_per_run", "seconds_step")
@@ -69,7 +71,7 @@ def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in jsonl_lines(path.read_text(encoding="utf-8"))
             if line.strip() and json.loads(line).get("step", 0) <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
@@ -80,7 +82,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in jsonl_lines(p.read_text(encoding="utf-8")) if line.strip()]
 
 
 def plot_curves(records: list[dict[str, Any]], out: str | os.PathLike, title: str = "") -> Path | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..agent import Agent, AgentConfig
+from ..jsonio import jsonl_lines
 from ..policies.base import Sampling
 
 
@@ -104,7 +105,7 @@ def load_rows(path: str | os.PathLike | None) -> list[dict[str, Any]]:
         raise ValueError("no pool given (a JSON lines file of rows with question, gt_image, meta)")
     p = Path(path)
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(p.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..jsonio import atomic_write_json
+from ..jsonio import atomic_write_json, jsonl_lines
 from .config import SFTConfig
 from .metrics import MetricsLog, plot_curves
 
@@ -48,7 +48,7 @@ def cut_observation(content: str, chars: int) -> str:
 def read_sft_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     p = Path(path)
     records = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(p.read_text(encoding="utf-8")), 1):
         if line.strip():
             try:
                 record = json.loads(line)
