@@ -131,8 +131,8 @@ class JsonlAppender:
 
 def jsonl_lines(text: str) -> list[str]:
     """The lines of JSON-lines text. Only "\n" ends a record: `str.splitlines()` also breaks at
-    U+2028, U+2029, U+0085 and \x1c-\x1e, which JSON strings may hold unescaped (and do here: records
-    are written with ensure_ascii=False, and search results carry such characters)."""
+    U+2028, U+2029 and U+0085, which JSON strings may hold unescaped (and do here: records are
+    written with ensure_ascii=False, and search results carry such characters)."""
     return text.split("\n")
 
 
