@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,10 +32,10 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import torch
 
-from ..jsonio import atomic_write_json
+from ..jsonio import atomic_write_json, write_jsonl_atomic
 from .config import GRPOConfig
 from .metrics import MetricsLog, plot_curves
-from .rollouts import Rollout, collect, load_rows, rollout_stats
+from .rollouts import Rollout, collect, load_rows, rollout_item_ids, rollout_stats
 from .sequences import TrainSequence, trajectory_sequences
 from .weights import latest_checkpoint, load_trainable
 
@@ -473,16 +471,13 @@ class GRPOTrainer:
 
     # -- records ----------------------------------------------------------------------------
     def _write_rollouts(self, step: int, batch: StepBatch) -> None:
-        path = self.run_dir / "rollouts" / f"step_{step:05d}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for i, (r, w, a) in enumerate(zip(batch.rollouts, batch.rewards, batch.advantages)):
-                # `id` is the row's: the viewer numbers a group's K rollouts id, id#2, id#3, ...
-                record = {"step": step, "id": r.row.get("id"), "row_id": r.row.get("id"), "group": r.group,
-                          "k": r.k, "reward": w.reward, "reward_detail": w.to_dict() if hasattr(w, "to_dict") else w,
-                          "advantage": a, "trajectory": r.trajectory.to_dict(), **batch.notes.get(i, {})}
-                f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, path)
+        # `id` tells a group's K rollouts apart (row id, id#2, id#3, ...); `row_id` is the pool row's.
+        ids = rollout_item_ids(batch.rollouts)
+        write_jsonl_atomic(self.run_dir / "rollouts" / f"step_{step:05d}.jsonl", (
+            {"step": step, "id": ids[i], "row_id": r.row.get("id"), "group": r.group, "k": r.k,
+             "reward": w.reward, "reward_detail": w.to_dict() if hasattr(w, "to_dict") else w,
+             "advantage": a, "trajectory": r.trajectory.to_dict(), **batch.notes.get(i, {})}
+            for i, (r, w, a) in enumerate(zip(batch.rollouts, batch.rewards, batch.advantages))))
 
     def save_checkpoint(self, step: int) -> Path:
         from .weights import save_checkpoint

@@ -63,8 +63,8 @@ async def collect(policy: Any, tools: list[Any], rows: list[dict[str, Any]], *, 
 
 
 def rollout_item_ids(rollouts: list[Rollout]) -> list[str]:
-    """The id the viewer gives each rollout of a step file: the row's id for its first rollout,
-    then id#2, id#3, ... in file order (rollouts/step_XXXXX.jsonl is written in this order)."""
+    """The id of each rollout in a step file and in guides.jsonl: the row's id for its first rollout,
+    then id#2, id#3, ... (the viewer's numbering of repeated ids, so links match either way)."""
     seen: Counter = Counter()
     out = []
     for r in rollouts:

@@ -26,16 +26,14 @@ the guide, toward what it would write if it had. L = L_GRPO + `ved_sdl_weight` Â
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..jsonio import atomic_write_json
+from ..jsonio import JsonlAppender, atomic_write_json
 from ..protocol import split_guide, with_guide
 from .experience import Pair, render_guide, reward_detail, select_pairs
 from .memory import Experience, ExperienceMemory, make_embedder
@@ -356,11 +354,9 @@ class VEDTerm:
         if not lines:
             return
         assert self.run_dir is not None
-        with open(self.run_dir / "guides.jsonl", "a", encoding="utf-8") as f:
+        with JsonlAppender(self.run_dir / "guides.jsonl") as out:      # strict JSON, secrets scrubbed, synced
             for line in lines:
-                f.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+                out.append(line)
 
     def _write_memory(self) -> None:
         if self.run_dir is not None:
