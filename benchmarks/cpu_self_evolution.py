@@ -380,15 +380,30 @@ def paired_difference(before: list[dict[str, Any]], after: list[dict[str, Any]],
                                 for k in PAIRED_KEYS}}
 
 
-def compare_stages(out: Path, splits: list[str], stages: list[str]) -> dict[str, Any]:
+def compare_stages(out: Path, splits: dict[str, list[dict[str, Any]]], stages: list[str],
+                   big_rows: int | None) -> dict[str, Any]:
     """The paired differences of COMPARISONS whose two stages were both evaluated, per split."""
     result: dict[str, Any] = {}
     for split in splits:
-        records = {s: read_records(out / "eval" / s / f"{split}.jsonl") for s in stages}
+        records = {s: stage_records(out, s, split, rows_of(s, splits, big_rows)[split]) for s in stages}
         result[split] = {f"{after} - {before}": paired_difference(records[before], records[after])
                          for after, before in COMPARISONS
                          if records.get(after) and records.get(before)}
     return result
+
+
+def rows_of(stage: str, splits: dict[str, list[dict[str, Any]]], big_rows: int | None) -> dict[str, list[dict[str, Any]]]:
+    """The rows a stage is evaluated on: every row of each split; the untuned 1.5B a fixed subset of them."""
+    if stage == "big":
+        return {split: subset(rows, big_rows, f"big:{split}") for split, rows in splits.items()}
+    return splits
+
+
+def stage_records(out: Path, stage: str, split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A stage's records of exactly these rows. The record file may hold more: an earlier run with
+    other subset sizes leaves its rows there, and they must not leak into this run's figures."""
+    asked = {r["id"] for r in rows}
+    return [r for r in read_records(out / "eval" / stage / f"{split}.jsonl") if r["id"] in asked]
 
 
 def export_stage(model_dir: str, out: Path) -> Path:
@@ -413,20 +428,20 @@ def eval_stages(args: argparse.Namespace, stages: dict[str, Any], splits: dict[s
         finally:
             policy.close()
         results[stage] = {"eval_s": round(time.perf_counter() - t0, 1), "gguf": str(gguf),
-                          **{split: summarize(read_records(out / "eval" / stage / f"{split}.jsonl"), tracks[split])
-                             for split in splits}}
+                          **{split: summarize(stage_records(out, stage, split, rows), tracks[split])
+                             for split, rows in splits.items()}}
     if "big" in args.stages:
         t0 = time.perf_counter()
+        asked = rows_of("big", splits, args.big_rows)
         policy = LocalGGUFPolicy(n_threads=args.threads)          # the untuned 1.5B default, its own budget
         try:
-            for split, rows in splits.items():
-                asyncio.run(evaluate(policy, subset(rows, args.big_rows, f"big:{split}"),
-                                     out / "eval" / "big" / f"{split}.jsonl"))
+            for split, rows in asked.items():
+                asyncio.run(evaluate(policy, rows, out / "eval" / "big" / f"{split}.jsonl"))
         finally:
             policy.close()
         results["big"] = {"eval_s": round(time.perf_counter() - t0, 1),
-                          **{split: summarize(read_records(out / "eval" / "big" / f"{split}.jsonl"), tracks[split])
-                             for split in splits}}
+                          **{split: summarize(stage_records(out, "big", split, rows), tracks[split])
+                             for split, rows in asked.items()}}
     return results
 
 
@@ -599,7 +614,7 @@ def main() -> None:
     evaluation = eval_stages(args, stages, splits, out)
     report = {"model": args.model, "training": stages, "training_s": round(train_s, 1), "ved_step_cost": cost,
               "splits": {k: len(v) for k, v in splits.items()}, "evaluation": evaluation,
-              "paired": compare_stages(out, list(splits), list(evaluation)),
+              "paired": compare_stages(out, splits, list(evaluation), args.big_rows),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                            if k != "ved_api_key"}}
     atomic_write_json(out / "REPORT.json", report)
