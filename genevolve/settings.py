@@ -51,6 +51,8 @@ class PolicySettings:
     model_path: str | None = opt(None, "GGUF file for the local policy (default: the pinned "
                                      "Qwen2.5-Coder-1.5B-Instruct), or the checkpoint folder of the hf policy",
                                      env="GENEVOLVE_MODEL_PATH")
+    lora_path: str | None = opt(None, "LoRA adapter GGUF applied over the local policy's model at load time "
+                                    "(`genevolve export gguf` of a LoRA run)", env="GENEVOLVE_LORA_PATH")
     script: str | None = opt(None, "JSON list of assistant turns for the scripted policy")
     grammar: str | None = opt(None, "constrain a remote policy's output to the protocol grammar, sent in "
                                   "the field this kind of server reads (off by default for remote policies)",
@@ -423,6 +425,8 @@ def build_policy(s: Settings):
     name, _, checkpoint = name.partition(":")          # "hf:runs/grpo/model"
     if checkpoint and name != "hf":
         raise ConfigError(f"--policy {p.name!r}: only hf takes a folder after ':'")
+    if p.lora_path and name != "local":
+        raise ConfigError(f"--lora-path applies to the local policy (llama.cpp), not to {name}")
     if name == "openai":
         if not p.base_url:
             raise ConfigError("the openai policy needs a server: pass --base-url (e.g. http://127.0.0.1:8000/v1), "
@@ -441,7 +445,8 @@ def build_policy(s: Settings):
                 raise ConfigError("--policy hf needs a checkpoint folder: --policy hf:DIR or --model-path DIR")
             return make_policy("hf", path=checkpoint or p.model_path, constrained=p.constrained,
                                n_threads=p.n_threads, **p.budget)
-        options = {"model_path": p.model_path, "constrained": p.constrained, "prefix_cache": p.prefix_cache}
+        options = {"model_path": p.model_path, "lora_path": p.lora_path, "constrained": p.constrained,
+                   "prefix_cache": p.prefix_cache}
         if p.n_ctx is not None:
             options["n_ctx"] = p.n_ctx
         if p.n_threads is not None:

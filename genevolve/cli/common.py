@@ -76,6 +76,7 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
     flag(g, "--model", path="policy.model")
     flag(g, "--api-key", path="policy.api_key")
     flag(g, "--model-path", path="policy.model_path")
+    flag(g, "--lora-path", path="policy.lora_path")
     flag(g, "--script", path="policy.script")
     flag(g, "--no-grammar", path="policy.constrained", action="store_const", const=False,
          help="turn off constrained decoding of the protocol (local policy)")

@@ -79,13 +79,17 @@ def main_sft(args: argparse.Namespace) -> int:
 def main_grpo(args: argparse.Namespace) -> int:
     from ..train.config import GRPOConfig
     from ..train.grpo import GRPOTrainer
+    from ..train.rollout_backends import RolloutBackendError
     try:
         config = GRPOConfig.build(args.preset, **_settings(args, GRPOConfig))
-        # An endpoint summariser's key comes only from the environment (never a flag or a file).
+        # The summariser's and the rollout server's keys come only from the environment (never a
+        # flag or a file).
         key = os.environ.get("GENEVOLVE_SUMMARIZER_API_KEY") or os.environ.get("OPENAI_API_KEY", "")
-        register_secrets(key)
-        records = GRPOTrainer(config, ved_api_key=key if config.ved else "").train(until=args.until)
-    except (ValueError, OSError) as exc:
+        rollout_key = os.environ.get("GENEVOLVE_ROLLOUT_API_KEY") or os.environ.get("OPENAI_API_KEY", "")
+        register_secrets(key, rollout_key)
+        records = GRPOTrainer(config, ved_api_key=key if config.ved else "",
+                              rollout_api_key=rollout_key if config.rollouts == "vllm" else "").train(until=args.until)
+    except (ValueError, OSError, RolloutBackendError) as exc:
         return fail(str(exc))
     last = records[-1] if records else {}
     print(json.dumps({"output_dir": config.output_dir, "steps_run": len(records),

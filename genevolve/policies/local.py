@@ -61,12 +61,13 @@ class LocalGGUFPolicy(Policy):
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 8192,
                  n_threads: int | None = None, constrained: bool = True, prefix_cache: bool = True,
                  tool_schemas: list[dict[str, Any]] | None = None, kv_dir: str | os.PathLike | None = None,
-                 verbose: bool = False, **budget: Any):
+                 verbose: bool = False, lora_path: str | os.PathLike | None = None, **budget: Any):
         unknown = set(budget) - set(self.DEFAULT_BUDGET)
         if unknown:
             raise TypeError(f"local policy: unknown option(s) {', '.join(sorted(unknown))}")
         budget = {key: int(budget.get(key, default)) for key, default in self.DEFAULT_BUDGET.items()}
         self.model_path = model_path
+        self.lora_path = Path(lora_path) if lora_path else None   # a LoRA adapter GGUF, applied at load
         self.n_ctx = int(n_ctx)
         self.n_threads = int(n_threads) if n_threads else (os.cpu_count() or 1)
         self.constrained = parse_bool(constrained, "constrained")
@@ -135,6 +136,11 @@ class LocalGGUFPolicy(Policy):
         st = path.stat()
         model_key = PINNED_MODEL.sha256 if path == pinned_model_path() else \
             f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        if self.lora_path is not None:
+            if not self.lora_path.is_file():
+                raise PolicyError(f"local policy: no LoRA adapter at {self.lora_path}")
+            lt = self.lora_path.stat()
+            model_key += f"+lora:{self.lora_path.resolve()}:{lt.st_size}:{lt.st_mtime_ns}"
         # Saved KV states are only valid for the same model and the same llama.cpp build.
         self._model_id = f"{model_key}|xllamacpp-{xllamacpp.__version__}"
         kv_dir = self.kv_dir or cache_dir() / "kv"
@@ -143,6 +149,10 @@ class LocalGGUFPolicy(Policy):
 
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
+        if self.lora_path is not None:
+            adapter = xllamacpp.CommonAdapterLoraInfo()
+            adapter.path, adapter.scale = str(self.lora_path), 1.0
+            params.lora_adapters = [adapter]
         params.n_ctx = self.n_ctx
         params.n_parallel = 1                    # one slot: its KV cache is the prefix cache
         params.cpuparams.n_threads = self.n_threads
@@ -162,7 +172,8 @@ class LocalGGUFPolicy(Policy):
             raise PolicyError(f"local policy: llama.cpp could not load {path} ({exc}). The file may be "
                               f"truncated or not a chat model; check it with `genevolve doctor`.") from None
         self._base_url = self._server.listening_address.rstrip("/")
-        self.stats.update(model_path=str(path), load_s=round(time.perf_counter() - started, 3))
+        self.stats.update(model_path=str(path), lora_path=str(self.lora_path) if self.lora_path else None,
+                          load_s=round(time.perf_counter() - started, 3))
         self._tag_tokens = self._protocol_tag_tokens()
         self._build_grammar()
 

@@ -71,7 +71,17 @@ class GRPOConfig:
     text_judge: str = _f("offline", "R_text judge: offline | none")
     render_long_side: int = _f(512, "long side of rendered images")
     agent_protocol: str = _f("default", "agent protocol mode for rollouts")
-    policy_options: dict[str, Any] = _f(None, "HFPolicy budget options (tool_call_budget, ...)")
+    policy_options: dict[str, Any] = _f(None, "the rollout policy's budget options (tool_call_budget, ...)")
+    rollouts: str = _f("hf", "where rollouts are sampled: hf (in-process transformers) | llama (the embedded "
+                             "llama.cpp policy on a GGUF of each step's weights) | vllm (a vLLM server at "
+                             "--rollout-url, given each step's LoRA adapter)")
+    rollout_url: str | None = _f(None, "vllm: the server's OpenAI base URL (http://HOST:8000/v1)")
+    rollout_dir: str | None = _f(None, "folder for each step's rollout weights (vllm: one the server can read; "
+                                       "default RUN/rollout_weights)")
+    rollout_adapter_name: str = _f("genevolve", "vllm: adapters are loaded as NAME-step-N")
+    rollout_grammar: bool = _f(True, "vllm: send the protocol grammar (structured outputs), as the local "
+                                     "policies constrain their turns")
+    rollout_gguf_type: str = _f("f16", "llama: tensor type of each step's GGUF (f16 | bf16 | q8_0 | f32)")
     # -- Visual Experience Distillation (train/ved.py); the defaults are the paper's
     ved: bool = _f(False, "Visual Experience Distillation: best-vs-worst decision guides, an experience memory, "
                           "and a distillation term toward the same policy reading the guide (--no-ved: plain GRPO)")
@@ -131,6 +141,18 @@ class GRPOConfig:
             raise ValueError("lr_schedule must be cosine or constant")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0 for GRPO rollouts")
+        from .export import OUTTYPES
+        from .rollout_backends import BACKENDS
+        if self.rollouts not in BACKENDS:
+            raise ValueError(f"rollouts must be one of {', '.join(BACKENDS)}, not {self.rollouts!r}")
+        if self.rollouts == "vllm" and not self.rollout_url:
+            raise ValueError("rollouts vllm needs --rollout-url (the server's base URL, e.g. http://HOST:8000/v1)")
+        if self.rollouts == "vllm" and self.lora_r <= 0:
+            raise ValueError("rollouts vllm passes each step's weights to the server as a LoRA adapter: set "
+                             "--lora-r (full weights need vLLM's NCCL/IPC weight transfer, which this trainer "
+                             "does not drive)")
+        if self.rollout_gguf_type not in OUTTYPES:
+            raise ValueError(f"rollout_gguf_type must be one of {', '.join(OUTTYPES)}")
         if not 0 < self.ved_top_frac <= 1:
             raise ValueError("ved_top_frac must be in (0, 1]")
         if self.ved_ratio_cap <= 0 or self.ved_k3_clamp <= 0:

@@ -167,11 +167,10 @@ RewardFn = Callable[[Rollout, int, Path], Awaitable[Any]]
 class GRPOTrainer:
     def __init__(self, config: GRPOConfig, *, rows: list[dict[str, Any]] | None = None,
                  tools: list[Any] | None = None, reward_fn: RewardFn | None = None,
-                 loss_terms: Sequence[LossTerm] = (), agent_config: Any = None, policy: Any = None,
-                 weight_sync: Callable[[Any, int], None] | None = None, ved_api_key: str = ""):
-        """`policy`: roll out through another policy than the in-process one (a vLLM server, the
-        llama.cpp policy); it must return token ids and log-probs (`Sampling.logprobs`), and
-        `weight_sync(model, step)` must bring it the new weights after each update.
+                 loss_terms: Sequence[LossTerm] = (), agent_config: Any = None, ved_api_key: str = "",
+                 rollout_api_key: str = ""):
+        """Rollouts are sampled where `config.rollouts` says (train/rollout_backends.py);
+        `rollout_api_key` is the vLLM server's key, if it needs one.
         With `config.ved` the VED term (train/ved.py) joins `loss_terms`; `ved_api_key` is the
         key of its summariser endpoint, if that needs one."""
         self.config = config
@@ -187,8 +186,8 @@ class GRPOTrainer:
             from .ved import VEDTerm
             self.loss_terms.append(VEDTerm(config, api_key=ved_api_key))
         self.agent_config = agent_config
-        self.policy = policy
-        self.weight_sync = weight_sync
+        self.rollout_api_key = rollout_api_key
+        self.rollouts: Any = None             # the rollout backend, made in _setup
         self.model: Any = None
         self.tokenizer: Any = None
         self.step_done = 0
@@ -234,10 +233,11 @@ class GRPOTrainer:
             if hasattr(term, "attach"):
                 term.attach(self.run_dir, self.step_done,
                             (state.get("terms") or {}).get(term.name) if latest is not None else None)
-        if self.policy is None:
-            from ..policies.hf import HFPolicy
-            self.policy = HFPolicy(model=self.rollout_model, tokenizer=self.tokenizer,
-                                   **(cfg.policy_options or {}))
+        from .rollout_backends import make_rollouts
+        self.rollouts = make_rollouts(cfg, run_dir=self.run_dir, rollout_model=self.rollout_model,
+                                      tokenizer=self.tokenizer, base_path=self.base_path,
+                                      api_key=self.rollout_api_key)
+        self.rollouts.start(self.model, self.step_done)
         if self.tools is None:             # ours to close at the end (a caller's tools are the caller's)
             from ..tools import default_tools, make_image_search_backend, make_search_backend
             self.tools = self._own_tools = default_tools(make_search_backend("offline"),
@@ -270,6 +270,8 @@ class GRPOTrainer:
             plot_curves(self.metrics.records(), self.run_dir / "curves.png", title=f"GRPO {self.config.model}")
             if self._own_tools:
                 asyncio.run(_close_tools(self._own_tools))
+            if self.rollouts is not None:
+                self.rollouts.close()
             for term in self.loss_terms:
                 if hasattr(term, "close"):
                     term.close()
@@ -425,7 +427,7 @@ class GRPOTrainer:
                 self._base_prefix = None
                 self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._sync_rollout_model()
+        self.rollouts.sync(self.model, self.step_done + 1)
         n = max(totals["tokens"], 1)
         passes = cfg.epochs_per_step * cfg.minibatches
         return {"loss": totals["loss"] / passes,
@@ -460,14 +462,10 @@ class GRPOTrainer:
         with self.model.disable_adapter():           # LoRA: the base weights are the reference
             return token_logprobs(self.model, ids, positions, cfg.temperature, cfg.bf16)[0]
 
-    def _sync_rollout_model(self) -> None:
-        if self.weight_sync is not None:
-            self.weight_sync(self.model, self.step_done + 1)
-            return
-        if self.rollout_model is not self.model:
-            with torch.no_grad():
-                self.rollout_model.load_state_dict(self.model.state_dict())
-        self.policy.weights_changed()
+    @property
+    def policy(self) -> Any:
+        """The policy rollouts go through now (a backend may replace it at each step)."""
+        return self.rollouts.policy
 
     # -- records ----------------------------------------------------------------------------
     def _write_rollouts(self, step: int, batch: StepBatch) -> None:
