@@ -302,6 +302,7 @@ def test_config_presets_and_validation():
     assert (cfg.requests_per_step, cfg.group_size, cfg.learning_rate, cfg.clip_low, cfg.clip_high, cfg.kl_beta) \
         == (8, 6, 1e-6, 0.20, 0.28, 0.0)
     assert GRPOConfig.build("cpu", learning_rate=3e-6).learning_rate == 3e-6
+    assert (GRPOConfig.build().group_size, GRPOConfig.build().temperature, GRPOConfig.build().top_p) == (6, 0.7, 0.95)
     with pytest.raises(ValueError, match="group_size"):
         GRPOConfig.build(group_size=1)
     with pytest.raises(ValueError, match="unknown GRPO setting"):

@@ -38,7 +38,7 @@ class GRPOConfig:
     pool: str | None = _f(None, "JSON lines of pool rows (id, question, gt_image, meta)")
     steps: int = _f(30, "optimizer steps (each one batch of rollouts)")
     requests_per_step: int = _f(2, "requests per step")
-    group_size: int = _f(4, "rollouts per request (K)")
+    group_size: int = _f(6, "rollouts per request (K; the paper uses 6)")
     learning_rate: float = _f(1e-5, "peak learning rate")
     lr_schedule: str = _f("cosine", "cosine | constant")
     warmup_steps: int = _f(0, "linear warm-up steps")
