@@ -333,3 +333,12 @@ def test_lora_run_saves_an_adapter_the_policy_loads(tiny, tools, tmp_path):
     reply = asyncio.run(policy.chat([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
                                     Sampling(max_tokens=20, seed=1)))
     assert reply.text.startswith("<think>") and reply.completion_ids
+
+
+def test_training_device_is_the_gpu_when_torch_sees_one():
+    from genevolve.train.weights import training_device
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert training_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no GPU"):
+            training_device("cuda:0")

@@ -34,7 +34,7 @@ class HFPolicy(Policy):
     def __init__(self, path: str | os.PathLike | None = None, *, model: Any = None, tokenizer: Any = None,
                  dtype: str = "bfloat16", n_threads: int | None = None, constrained: bool = True,
                  batch_window_s: float = 0.05, max_batch: int = 64, tool_schemas: list[dict[str, Any]] | None = None,
-                 **budget: Any):
+                 device: str = "auto", **budget: Any):
         from .local import LocalGGUFPolicy
 
         defaults = LocalGGUFPolicy.DEFAULT_BUDGET
@@ -50,6 +50,7 @@ class HFPolicy(Policy):
         budget = {key: int(budget.get(key, default)) for key, default in defaults.items()}
         self.path = str(path) if path is not None else None
         self.dtype = dtype
+        self.device = device                  # for a checkpoint path; a loaded model stays where it is
         self.n_threads = int(n_threads) if n_threads else None
         self.constrained = parse_bool(constrained, "constrained")
         self.batch_window_s = float(batch_window_s)
@@ -97,7 +98,9 @@ class HFPolicy(Policy):
                 from transformers import AutoModelForCausalLM, AutoTokenizer
                 try:
                     self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+                    from ..train.weights import training_device
                     self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, self.dtype))
+                    self.model.to(training_device(self.device))
                 except (OSError, ValueError) as exc:
                     raise PolicyError(f"hf policy: cannot load a checkpoint from {self.path}: {exc}") from None
                 self.model.eval()

@@ -59,6 +59,8 @@ class GRPOConfig:
     detach_prefix: bool = _f(False, "run the system prompt every trajectory shares once per update, with no "
                                     "gradient through it (a CPU speed-up that drops that path of the gradient)")
     threads: int | None = _f(None, "torch threads (default: torch's)")
+    device: str = _f("auto", "where the model trains: auto (the GPU when torch sees one, else the CPU) | cpu | "
+                             "cuda | cuda:N")
     seed: int = _f(0, "seed of the pool order and of every rollout")
     time_limit_minutes: float | None = _f(None, "stop after the step that passes this much training time "
                                                 "(a safety net: the schedule still spans `steps`)")

@@ -37,7 +37,7 @@ from .config import GRPOConfig
 from .metrics import MetricsLog, plot_curves
 from .rollouts import Rollout, collect, load_rows, rollout_item_ids, rollout_stats
 from .sequences import TrainSequence, trajectory_sequences
-from .weights import latest_checkpoint, load_trainable
+from .weights import latest_checkpoint, load_trainable, training_device
 
 
 # ----------------------------------------------------------------------------- the math
@@ -88,17 +88,18 @@ def token_logprobs(model: Any, ids: Sequence[int], positions: Sequence[int], tem
     (`prefix_cache`); only ids[n:] then go through the model (every position must be > n).
     """
     n, cache = prefix if prefix is not None else (0, None)
-    input_ids = torch.tensor([list(ids[n:])])
-    keep = torch.tensor([p - 1 - n for p in positions])
+    device = model_device(model)
+    input_ids = torch.tensor([list(ids[n:])], device=device)
+    keep = torch.tensor([p - 1 - n for p in positions], device=device)
     kwargs: dict[str, Any] = {}
     if cache is not None:
         kwargs = {"cache": copy.deepcopy(cache), "use_cache": True,
-                  "position_ids": torch.arange(n, len(ids))[None]}
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                  "position_ids": torch.arange(n, len(ids), device=device)[None]}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(input_ids=input_ids, logits_to_keep=keep, **kwargs).logits[0]
     logits = logits.float() / temperature
     logps = torch.log_softmax(logits, dim=-1)
-    targets = torch.tensor([ids[p] for p in positions])
+    targets = torch.tensor([ids[p] for p in positions], device=device)
     chosen = logps.gather(-1, targets[:, None])[:, 0]
     ent = -(logps.exp() * logps).sum(-1) if entropy else None
     return chosen, ent
@@ -110,10 +111,15 @@ def prefix_cache(model: Any, ids: Sequence[int], autocast: bool = False, base: t
     from transformers import DynamicCache
     m, cache = (base[0], copy.deepcopy(base[1])) if base is not None else (0, DynamicCache(config=model.config))
     if m < len(ids):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            model(input_ids=torch.tensor([list(ids[m:])]), cache=cache, use_cache=True, logits_to_keep=1,
-                  position_ids=torch.arange(m, len(ids))[None])
+        device = model_device(model)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids=torch.tensor([list(ids[m:])], device=device), cache=cache, use_cache=True,
+                  logits_to_keep=1, position_ids=torch.arange(m, len(ids), device=device)[None])
     return cache
+
+
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
 
 
 def shared_prefix(sequences: Sequence[TrainSequence], minimum: int = 64) -> int:
@@ -211,7 +217,7 @@ class GRPOTrainer:
         self.base_path = resolve_model(cfg.model)
         self.model, self.tokenizer, self.rollout_model, self.ref_model = load_trainable(
             self.base_path, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, bf16=cfg.bf16,
-            want_ref=cfg.kl_beta > 0, resume_from=latest)
+            want_ref=cfg.kl_beta > 0, resume_from=latest, device=training_device(cfg.device))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         total = cfg.steps * cfg.epochs_per_step * cfg.minibatches

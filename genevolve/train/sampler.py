@@ -98,7 +98,7 @@ class Sampler:
             return 0, None
         from transformers import DynamicCache
         cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([first[:n]])
+        ids = torch.tensor([first[:n]], device=self._device())
         self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
         if len(self._prefixes) >= PREFIXES_KEPT:
             self._prefixes.pop(next(iter(self._prefixes)))
@@ -144,9 +144,13 @@ class Sampler:
             input_ids[b, width - len(s):] = torch.tensor(s)
             attention[b, n_prefix + width - len(s):] = 1
             positions[b, width - len(s):] = torch.arange(n_prefix, n_prefix + len(s))
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+        device = self._device()
+        attention = attention.to(device)
+        out = self.model(input_ids=input_ids.to(device), attention_mask=attention, position_ids=positions.to(device),
                          cache=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()
+        # Tokens are chosen on the CPU with each row's own CPU generator: the draws then depend on
+        # the seed alone, not on the device the model runs on.
+        logits = out.logits[:, -1, :].float().cpu()
 
         active = list(rows)
         while active:
@@ -159,17 +163,17 @@ class Sampler:
             if not keep:
                 break
             if len(keep) < len(active):
-                index = torch.tensor(keep)
+                index = torch.tensor(keep, device=device)
                 cache.batch_select_indices(index)
                 attention = attention[index]
                 active = [active[b] for b in keep]
                 tokens = [tokens[b] for b in keep]
-            attention = torch.cat([attention, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-            step_ids = torch.tensor([[t] for t in tokens])
-            step_pos = torch.tensor([[row.position - 1] for row in active])
+            attention = torch.cat([attention, torch.ones((len(active), 1), dtype=torch.long, device=device)], dim=1)
+            step_ids = torch.tensor([[t] for t in tokens], device=device)
+            step_pos = torch.tensor([[row.position - 1] for row in active], device=device)
             out = self.model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos,
                              cache=cache, use_cache=True)
-            logits = out.logits[:, -1, :].float()
+            logits = out.logits[:, -1, :].float().cpu()
 
         return [GenResult(ids=row.ids, stop_ids=row.stop_ids, logprobs=row.logprobs,
                           finish_reason=row.finish or "length", prompt_tokens=len(row.request.prompt_ids),
@@ -206,6 +210,9 @@ class Sampler:
             row.logprobs.append(float(raw_logprobs[b, token]))
             chosen.append(token)
         return chosen
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def _vocab(self, logits: torch.Tensor) -> int:
         return min(logits.shape[-1], self.constraint.vocab_size) if self.constraint is not None else logits.shape[-1]

@@ -57,7 +57,7 @@ def capped_ratio(logp: torch.Tensor, old_logp: torch.Tensor, cap: float = 2.0) -
 def top_fraction_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     """True on the ceil(fraction · n) largest scores (at least one when fraction > 0)."""
     n = scores.numel()
-    mask = torch.zeros(n, dtype=torch.bool)
+    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
     k = masked_count(n, fraction)
     if k:
         mask[torch.topk(scores.detach().reshape(-1), k).indices] = True

@@ -20,10 +20,20 @@ import torch
 POLICY_NOTE = "genevolve_policy.json"
 
 
+def training_device(name: str = "auto") -> torch.device:
+    """`auto`: the first GPU when torch sees one, else the CPU; otherwise the device named."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this torch sees no GPU (torch {torch.__version__})")
+    return device
+
+
 def load_trainable(base: Path, *, lora_r: int = 0, lora_alpha: int = 32, bf16: bool = True,
-                   want_ref: bool = False, resume_from: Path | None = None
+                   want_ref: bool = False, resume_from: Path | None = None, device: torch.device | str = "cpu"
                    ) -> tuple[Any, Any, Any, Any]:
-    """(trainable model, tokenizer, rollout model, reference model or None).
+    """(trainable model, tokenizer, rollout model, reference model or None), all on `device`.
 
     `resume_from` is a checkpoint written by a trainer (full weights, or a LoRA adapter). The
     reference is the starting model (`base`); with LoRA it is None (the adapter is switched off).
@@ -36,7 +46,7 @@ def load_trainable(base: Path, *, lora_r: int = 0, lora_alpha: int = 32, bf16: b
     low = torch.bfloat16 if bf16 else torch.float32
     if lora_r > 0:
         from peft import LoraConfig, PeftModel, get_peft_model
-        backbone = AutoModelForCausalLM.from_pretrained(base, dtype=low)
+        backbone = AutoModelForCausalLM.from_pretrained(base, dtype=low).to(device)
         if resume_from is not None:
             model = PeftModel.from_pretrained(backbone, resume_from, is_trainable=True)
         else:
@@ -46,7 +56,7 @@ def load_trainable(base: Path, *, lora_r: int = 0, lora_alpha: int = 32, bf16: b
             if p.requires_grad:
                 p.data = p.data.float()
         return model, tokenizer, model, None
-    model = AutoModelForCausalLM.from_pretrained(resume_from or base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(resume_from or base, dtype=torch.float32).to(device)
     rollout = copy.deepcopy(model).to(low) if bf16 else model
     if rollout is not model:
         rollout.eval()
@@ -54,7 +64,7 @@ def load_trainable(base: Path, *, lora_r: int = 0, lora_alpha: int = 32, bf16: b
             p.requires_grad_(False)
     ref = None
     if want_ref:
-        ref = AutoModelForCausalLM.from_pretrained(base, dtype=low)
+        ref = AutoModelForCausalLM.from_pretrained(base, dtype=low).to(device)
         ref.eval()
         for p in ref.parameters():
             p.requires_grad_(False)
