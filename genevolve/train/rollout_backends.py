@@ -74,6 +74,8 @@ class LlamaRollouts:
         self._base_gguf: Path | None = None
 
     def start(self, model: Any, step: int) -> None:
+        for stale in self.folder.glob("step_*.gguf"):      # left by an interrupted run
+            stale.unlink()
         self.sync(model, step)
 
     def sync(self, model: Any, step: int) -> None:
