@@ -14,7 +14,6 @@ Requests are served one at a time (one model), like a server with a single engin
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from typing import Any
 
