@@ -43,8 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from genevolve.jsonio import (JsonlAppender, atomic_write_json, jsonl_lines, read_jsonl_tolerant,  # noqa: E402
-                              write_jsonl_atomic)
+from genevolve.jsonio import JsonlAppender, atomic_write_json, jsonl_lines, read_jsonl_tolerant  # noqa: E402
 
 DIMENSIONS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics")
 
@@ -258,13 +257,11 @@ async def evaluate(policy: Any, rows: list[dict[str, Any]], out_file: Path) -> N
     from genevolve.policies.base import Sampling
     from genevolve.tools import default_tools, make_image_search_backend, make_search_backend
 
-    kept = read_records(out_file)
-    todo = [r for r in rows if r["id"] not in {k["id"] for k in kept}]
+    done = {r["id"] for r in read_records(out_file)}
+    todo = [r for r in rows if r["id"] not in done]
     if not todo:
         return
-    if out_file.exists() and not out_file.read_bytes().endswith(b"\n"):
-        write_jsonl_atomic(out_file, kept)     # a torn last line would swallow the next record
-    out = JsonlAppender(out_file)                # one write per record: a kill leaves whole lines
+    out = JsonlAppender(out_file)         # one write per record; it mends a line torn by a kill
     tools = default_tools(make_search_backend("offline"), make_image_search_backend("offline"))
     renderer, judge = OfflineRenderer(long_side=512), OfflineJudge()
     images_dir = out_file.with_suffix("")

@@ -108,6 +108,7 @@ class JsonlAppender:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _mend_torn_tail(self.path)
         # Unbuffered: each line goes to the OS in one write call, so a kill leaves whole lines.
         self._f = open(self.path, "ab", buffering=0)
 
@@ -127,6 +128,41 @@ class JsonlAppender:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _mend_torn_tail(path: Path) -> None:
+    """A file that does not end with a newline was cut mid-append (a kill, a full disk): the next
+    record would be glued to its last line. A last line that is whole JSON only lost its newline and
+    gets it back; anything else is cut off (readers skip it anyway)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        start = size
+        while start > 0:                      # back to the last newline, a block at a time
+            step = min(start, 1 << 16)
+            f.seek(start - step)
+            block = f.read(step)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                start = start - step + cut + 1
+                break
+            start -= step
+        f.seek(start)
+        tail = f.read()
+        try:
+            json.loads(tail.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            f.truncate(start)
+        else:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
 
 
 def jsonl_lines(text: str) -> list[str]:

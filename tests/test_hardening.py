@@ -377,3 +377,20 @@ def test_json_lines_readers_split_records_only_at_newlines(tmp_path):
     assert read_metrics(path) == rows
     truncate_jsonl(path, 2)
     assert read_metrics(path) == rows[:2]
+
+
+def test_an_appender_mends_a_torn_last_line_and_keeps_a_whole_one(tmp_path):
+    """A kill mid-append leaves a file without its last newline; the next record must not be glued
+    to it, and a last record that is whole (only its newline lost) must not be dropped."""
+    from genevolve.jsonio import JsonlAppender, read_jsonl_tolerant
+
+    torn = tmp_path / "torn.jsonl"
+    torn.write_bytes(b'{"id": "a"}\n{"id": "b", "text": "half a rec')
+    whole = tmp_path / "whole.jsonl"
+    whole.write_bytes(b'{"id": "a"}\n' + b'{"id": "b", "pad": "' + b"x" * 100_000 + b'"}')
+    for path in (torn, whole):
+        with JsonlAppender(path) as out:
+            out.append({"id": "c"})
+    assert [r["id"] for r in read_jsonl_tolerant(torn)] == ["a", "c"]
+    assert [r["id"] for r in read_jsonl_tolerant(whole)] == ["a", "b", "c"]
+    assert torn.read_bytes().endswith(b'\n{"id": "c"}\n') and whole.read_bytes().count(b"\n") == 3

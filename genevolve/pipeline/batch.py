@@ -216,9 +216,9 @@ class ResultStore:
                 self.records[str(rec["id"])] = rec
         if retry:
             self.records = {k: v for k, v in self.records.items() if not retry(v)}
-        if self.jsonl_path.exists() and kept_lines != len(self.records) or self._journal_has_torn_line():
+        if self.jsonl_path.exists() and kept_lines != len(self.records):
             write_jsonl_atomic(self.jsonl_path, self.records.values())   # compact: one line per id
-        self._journal = JsonlAppender(self.jsonl_path)
+        self._journal = JsonlAppender(self.jsonl_path)                   # (it mends a torn last line)
 
     def _remove_stale_temporaries(self) -> None:
         """A kill during an atomic rewrite leaves its temporary file behind (the old file is intact);
@@ -226,13 +226,6 @@ class ResultStore:
         for target in (self.json_path, self.jsonl_path):
             for stale in self.out_dir.glob(f".{target.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
-
-    def _journal_has_torn_line(self) -> bool:
-        if not self.jsonl_path.exists() or self.jsonl_path.stat().st_size == 0:
-            return False
-        with open(self.jsonl_path, "rb") as f:
-            f.seek(-1, 2)
-            return f.read(1) != b"\n"
 
     def done(self, item_id: str) -> bool:
         return item_id in self.records
