@@ -37,7 +37,7 @@ from .config import GRPOConfig
 from .metrics import MetricsLog, plot_curves
 from .rollouts import Rollout, collect, load_rows, rollout_item_ids, rollout_stats
 from .sequences import TrainSequence, trajectory_sequences
-from .weights import latest_checkpoint, load_trainable, training_device
+from .weights import latest_checkpoint, load_trainable, model_device, training_device
 
 
 # ----------------------------------------------------------------------------- the math
@@ -116,10 +116,6 @@ def prefix_cache(model: Any, ids: Sequence[int], autocast: bool = False, base: t
             model(input_ids=torch.tensor([list(ids[m:])], device=device), cache=cache, use_cache=True,
                   logits_to_keep=1, position_ids=torch.arange(m, len(ids), device=device)[None])
     return cache
-
-
-def model_device(model: Any) -> torch.device:
-    return next(model.parameters()).device
 
 
 def shared_prefix(sequences: Sequence[TrainSequence], minimum: int = 64) -> int:
@@ -217,7 +213,8 @@ class GRPOTrainer:
         self.base_path = resolve_model(cfg.model)
         self.model, self.tokenizer, self.rollout_model, self.ref_model = load_trainable(
             self.base_path, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, bf16=cfg.bf16,
-            want_ref=cfg.kl_beta > 0, resume_from=latest, device=training_device(cfg.device))
+            want_ref=cfg.kl_beta > 0, resume_from=latest, device=training_device(cfg.device),
+            rollout_copy=cfg.rollouts == "hf")
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         total = cfg.steps * cfg.epochs_per_step * cfg.minibatches

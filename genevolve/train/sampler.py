@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .weights import model_device
+
 PREFIX_MIN_TOKENS = 32         # shorter common prefixes are not worth caching
 PREFIXES_KEPT = 4
 
@@ -98,7 +100,7 @@ class Sampler:
             return 0, None
         from transformers import DynamicCache
         cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([first[:n]], device=self._device())
+        ids = torch.tensor([first[:n]], device=model_device(self.model))
         self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
         if len(self._prefixes) >= PREFIXES_KEPT:
             self._prefixes.pop(next(iter(self._prefixes)))
@@ -144,7 +146,7 @@ class Sampler:
             input_ids[b, width - len(s):] = torch.tensor(s)
             attention[b, n_prefix + width - len(s):] = 1
             positions[b, width - len(s):] = torch.arange(n_prefix, n_prefix + len(s))
-        device = self._device()
+        device = model_device(self.model)
         attention = attention.to(device)
         out = self.model(input_ids=input_ids.to(device), attention_mask=attention, position_ids=positions.to(device),
                          cache=cache, use_cache=True, logits_to_keep=1)
@@ -210,9 +212,6 @@ class Sampler:
             row.logprobs.append(float(raw_logprobs[b, token]))
             chosen.append(token)
         return chosen
-
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def _vocab(self, logits: torch.Tensor) -> int:
         return min(logits.shape[-1], self.constraint.vocab_size) if self.constraint is not None else logits.shape[-1]

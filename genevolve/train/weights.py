@@ -30,10 +30,16 @@ def training_device(name: str = "auto") -> torch.device:
     return device
 
 
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
 def load_trainable(base: Path, *, lora_r: int = 0, lora_alpha: int = 32, bf16: bool = True,
-                   want_ref: bool = False, resume_from: Path | None = None, device: torch.device | str = "cpu"
-                   ) -> tuple[Any, Any, Any, Any]:
+                   want_ref: bool = False, resume_from: Path | None = None, device: torch.device | str = "cpu",
+                   rollout_copy: bool = True) -> tuple[Any, Any, Any, Any]:
     """(trainable model, tokenizer, rollout model, reference model or None), all on `device`.
+    `rollout_copy=False` (rollouts sampled outside this process): no bf16 copy, the rollout model
+    is the trained one.
 
     `resume_from` is a checkpoint written by a trainer (full weights, or a LoRA adapter). The
     reference is the starting model (`base`); with LoRA it is None (the adapter is switched off).
@@ -57,7 +63,7 @@ def load_trainable(base: Path, *, lora_r: int = 0, lora_alpha: int = 32, bf16: b
                 p.data = p.data.float()
         return model, tokenizer, model, None
     model = AutoModelForCausalLM.from_pretrained(resume_from or base, dtype=torch.float32).to(device)
-    rollout = copy.deepcopy(model).to(low) if bf16 else model
+    rollout = copy.deepcopy(model).to(low) if bf16 and rollout_copy else model
     if rollout is not model:
         rollout.eval()
         for p in rollout.parameters():
