@@ -377,23 +377,14 @@ def paired_difference(before: list[dict[str, Any]], after: list[dict[str, Any]],
                                 for k in PAIRED_KEYS}}
 
 
-def compare_stages(out: Path, splits: dict[str, list[dict[str, Any]]], stages: list[str],
-                   big_rows: int | None) -> dict[str, Any]:
-    """The paired differences of COMPARISONS whose two stages were both evaluated, per split."""
-    result: dict[str, Any] = {}
-    for split in splits:
-        records = {s: stage_records(out, s, split, rows_of(s, splits, big_rows)[split]) for s in stages}
-        result[split] = {f"{after} - {before}": paired_difference(records[before], records[after])
-                         for after, before in COMPARISONS
-                         if records.get(after) and records.get(before)}
-    return result
-
-
-def rows_of(stage: str, splits: dict[str, list[dict[str, Any]]], big_rows: int | None) -> dict[str, list[dict[str, Any]]]:
-    """The rows a stage is evaluated on: every row of each split; the untuned 1.5B a fixed subset of them."""
-    if stage == "big":
-        return {split: subset(rows, big_rows, f"big:{split}") for split, rows in splits.items()}
-    return splits
+def compare_stages(records: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """The paired differences of COMPARISONS whose two stages were both evaluated, per split
+    (`records`: stage -> split -> that stage's records of its rows)."""
+    splits = {split for by_split in records.values() for split in by_split}
+    return {split: {f"{after} - {before}": paired_difference(records[before][split], records[after][split])
+                    for after, before in COMPARISONS
+                    if records.get(after, {}).get(split) and records.get(before, {}).get(split)}
+            for split in sorted(splits)}
 
 
 def stage_records(out: Path, stage: str, split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -410,9 +401,11 @@ def export_stage(model_dir: str, out: Path) -> Path:
 
 
 def eval_stages(args: argparse.Namespace, stages: dict[str, Any], splits: dict[str, list[dict[str, Any]]],
-                out: Path) -> dict[str, Any]:
+                out: Path) -> tuple[dict[str, Any], dict[str, dict[str, list[dict[str, Any]]]]]:
+    """(figures per stage, records per stage and split) of every stage asked for."""
     from genevolve.policies.local import LocalGGUFPolicy
     results: dict[str, Any] = {}
+    records: dict[str, dict[str, list[dict[str, Any]]]] = {}
     todo = [s for s in ("untuned", "sft", "grpo", "grpo_ved") if s in stages and s in args.stages]
     tracks = {split: {r["id"]: track_of(r) for r in rows} for split, rows in splits.items()}
     for stage in todo:
@@ -424,22 +417,22 @@ def eval_stages(args: argparse.Namespace, stages: dict[str, Any], splits: dict[s
                 asyncio.run(evaluate(policy, rows, out / "eval" / stage / f"{split}.jsonl"))
         finally:
             policy.close()
+        records[stage] = {split: stage_records(out, stage, split, rows) for split, rows in splits.items()}
         results[stage] = {"eval_s": round(time.perf_counter() - t0, 1), "gguf": str(gguf),
-                          **{split: summarize(stage_records(out, stage, split, rows), tracks[split])
-                             for split, rows in splits.items()}}
+                          **{split: summarize(records[stage][split], tracks[split]) for split in splits}}
     if "big" in args.stages:
         t0 = time.perf_counter()
-        asked = rows_of("big", splits, args.big_rows)
+        asked = {split: subset(rows, args.big_rows, f"big:{split}") for split, rows in splits.items()}
         policy = LocalGGUFPolicy(n_threads=args.threads)          # the untuned 1.5B default, its own budget
         try:
             for split, rows in asked.items():
                 asyncio.run(evaluate(policy, rows, out / "eval" / "big" / f"{split}.jsonl"))
         finally:
             policy.close()
+        records["big"] = {split: stage_records(out, "big", split, rows) for split, rows in asked.items()}
         results["big"] = {"eval_s": round(time.perf_counter() - t0, 1),
-                          **{split: summarize(stage_records(out, "big", split, rows), tracks[split])
-                             for split, rows in asked.items()}}
-    return results
+                          **{split: summarize(records["big"][split], tracks[split]) for split in asked}}
+    return results, records
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -608,10 +601,10 @@ def main() -> None:
     if args.no_eval:
         print(json.dumps({"training": stages}))
         return
-    evaluation = eval_stages(args, stages, splits, out)
+    evaluation, records = eval_stages(args, stages, splits, out)
     report = {"model": args.model, "training": stages, "training_s": round(train_s, 1), "ved_step_cost": cost,
               "splits": {k: len(v) for k, v in splits.items()}, "evaluation": evaluation,
-              "paired": compare_stages(out, splits, list(evaluation), args.big_rows),
+              "paired": compare_stages(records),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                            if k != "ved_api_key"}}
     atomic_write_json(out / "REPORT.json", report)
