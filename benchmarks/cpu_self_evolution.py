@@ -104,7 +104,8 @@ def train_stages(args: argparse.Namespace, paths: dict[str, Path], out: Path) ->
         sft = SFTConfig.build("cpu", model=args.model, output_dir=str(out / "runs" / "sft"), data=str(paths["sft"]),
                               max_steps=args.sft_steps, time_limit_minutes=args.sft_minutes, threads=args.threads,
                               system_prompt="student", policy_options=args.policy_options, seed=args.seed,
-                              **({"batch_size": 2, "save_steps": 1} if args.toy else {}))
+                              learning_rate=args.sft_lr,
+                              **({"batch_size": 2, "per_device_batch": 2, "save_steps": 1} if args.toy else {}))
         model_dir = out / "runs" / "sft" / "model"
         result = train_sft(sft) if not (model_dir / "genevolve_policy.json").exists() else {"reused": True}
         stages["sft"] = {"model_dir": str(model_dir), "train_s": round(time.perf_counter() - t0, 1), **result}
@@ -528,6 +529,7 @@ def main() -> None:
                    help="comma list of untuned,sft,grpo,grpo_ved,big (default all; --toy: no big)")
     p.add_argument("--sft-steps", type=int, default=60)
     p.add_argument("--sft-minutes", type=float, default=40.0)
+    p.add_argument("--sft-lr", type=float, default=None, help="default: the CPU preset's")
     p.add_argument("--grpo-steps", type=int, default=40)
     p.add_argument("--grpo-minutes", type=float, default=80.0)
     p.add_argument("--grpo-lr", type=float, default=None, help="default: the CPU preset's")

@@ -188,7 +188,16 @@ def test_detached_prefix_scores_like_the_full_pass(tiny):
     cut.sum().backward()                      # gradients flow through the part after the prefix
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     seqs = [TrainSequence(ids, [0] * 80 + [1] * 20, [], 0), TrainSequence(ids[:90] + [1], [0] * 75 + [1] * 16, [], 1)]
-    assert shared_prefix(seqs) == 75 and shared_prefix(seqs, minimum=100) == 0
+    assert shared_prefix(seqs) == 74 and shared_prefix(seqs, minimum=100) == 0
+    # rollouts of one request share every token before the first one written: the prefix stops one
+    # short of it, since that token's logit comes from the position before it
+    group = [TrainSequence(ids, [0] * 80 + [1] * 20, [], 0), TrainSequence(ids[:80] + [7] * 20, [0] * 80 + [1] * 20, [], 1)]
+    n = shared_prefix(group)
+    assert n == 79
+    for seq in group:
+        whole, _ = token_logprobs(model, seq.input_ids, positions)
+        shared, _ = token_logprobs(model, seq.input_ids, positions, prefix=(n, prefix_cache(model, seq.input_ids[:n])))
+        assert torch.allclose(whole, shared, atol=1e-5)
 
 
 def test_training_positions_are_the_policy_tokens_only(tiny, tools, tmp_path):

@@ -109,7 +109,8 @@ def test_sft_training_lowers_the_loss_and_resumes(tiny, tokenizer, tmp_path):
     before = _nll(AutoModelForCausalLM.from_pretrained(tiny), example)
     run = tmp_path / "run"
     common = dict(model=str(tiny), output_dir=str(run), data=str(data), learning_rate=5e-3, batch_size=2,
-                  per_device_batch=1, lr_schedule="constant", warmup_ratio=0.0, bf16=False, save_steps=1, threads=1)
+                  per_device_batch=2, lr_schedule="constant", warmup_ratio=0.0, bf16=False, save_steps=1, threads=1,
+                  activation_checkpointing=False)
     result = train_sft(SFTConfig.build(max_steps=2, **common))
     assert result["steps"] == 2 and result["records"] == 4
     after = _nll(AutoModelForCausalLM.from_pretrained(run / "model"), example)
@@ -120,6 +121,42 @@ def test_sft_training_lowers_the_loss_and_resumes(tiny, tokenizer, tmp_path):
     assert sorted(set(steps)) == [1, 2, 3] and steps == sorted(steps)
     note = json.loads((run / "model" / "genevolve_policy.json").read_text())
     assert note["trainer"] == "sft" and note["kind"] == "full"
+
+
+def test_a_shared_prefix_gives_the_same_loss_and_gradient_as_whole_rows(tiny, tokenizer):
+    """Running the system prompt once per batch is exact: loss and every parameter's gradient equal
+    those of running each row whole (rows of different lengths, right-padded)."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from genevolve.train.sft import prefix_shared_token_loss, shared_prefix_length
+    system = {"role": "system", "content": "You are an agent. " + "Follow the protocol closely. " * 12}
+    ends = end_of_turn_ids(tokenizer)
+    conversations = [[system, *CONVERSATION[1:]], [system, *CONVERSATION[1:3]],
+                     [system, {"role": "user", "content": "Draw a red bicycle leaning on a wall."}, CONVERSATION[4]]]
+    examples = [sft_example(tokenizer, {"messages": c}, end_ids=ends) for c in conversations]
+    batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id or 0)(examples)
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    prefix = shared_prefix_length(ids, mask, labels)
+    system_tokens = len(encode_chat(tokenizer, [system], [])[0])
+    assert 32 <= prefix <= system_tokens + 3        # the system turn (plus the next turn's opening)
+    assert (labels[:, :prefix + 1] == -100).all()
+    assert shared_prefix_length(ids[:1], mask[:1], labels[:1]) == 0
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    target = labels[:, 1:]
+    keep = target != -100
+    whole = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
+    whole.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    shared = prefix_shared_token_loss(model, ids, mask, labels, prefix)
+    shared["nll"].backward()
+    assert shared["tokens"] == int(keep.sum()) and 0 <= shared["top1"] <= shared["tokens"]
+    assert torch.allclose(shared["nll"], whole, rtol=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-4, atol=1e-6), name
 
 
 def test_rollout_tokens_rebuild_exactly(tiny, tools):

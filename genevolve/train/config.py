@@ -179,8 +179,8 @@ SFT_PRESETS: dict[str, dict[str, Any]] = {
     "gpu": {"learning_rate": 1e-5, "lr_schedule": "cosine", "warmup_ratio": 0.02, "epochs": 2.0,
             "batch_size": 32, "per_device_batch": 2, "weight_decay": 1e-6, "max_length": 32768, "bf16": True},
     "cpu": {"learning_rate": 2e-5, "lr_schedule": "cosine", "warmup_ratio": 0.02, "epochs": 2.0,
-            "batch_size": 8, "per_device_batch": 1, "weight_decay": 1e-6, "max_length": 4096, "bf16": True,
-            "threads": 2},
+            "batch_size": 8, "per_device_batch": 4, "weight_decay": 1e-6, "max_length": 4096, "bf16": True,
+            "threads": 2, "activation_checkpointing": False, "group_by_length": True},
 }
 
 
@@ -206,6 +206,11 @@ class SFTConfig:
     time_limit_minutes: float | None = _f(None, "stop after the optimizer step that passes this much time")
     save_steps: int = _f(50, "checkpoint every N optimizer steps")
     keep_checkpoints: int = _f(2, "checkpoints kept")
+    share_prefix: bool = _f(True, "run the tokens all rows of a batch begin with (the system prompt) once per "
+                                  "batch; same loss and gradient, faster (one process only)")
+    activation_checkpointing: bool = _f(True, "recompute activations in the backward pass (less memory, about a "
+                                            "third more compute)")
+    group_by_length: bool = _f(False, "batch records of like length together (less padding)")
     system_prompt: str = _f("keep", "keep: the records' own; student: the system prompt and observation budget "
                                     "the trained policy will run with")
     policy_options: dict[str, Any] | None = _f(None, "HFPolicy budget for system_prompt=student")

@@ -36,7 +36,7 @@ from ..jsonio import atomic_write_json, write_jsonl_atomic
 from .config import GRPOConfig
 from .metrics import MetricsLog, plot_curves
 from .rollouts import Rollout, collect, load_rows, rollout_item_ids, rollout_stats
-from .sequences import TrainSequence, trajectory_sequences
+from .sequences import TrainSequence, trajectory_sequences, untrained_common_prefix
 from .weights import latest_checkpoint, load_trainable, model_device, training_device
 
 
@@ -120,15 +120,8 @@ def prefix_cache(model: Any, ids: Sequence[int], autocast: bool = False, base: t
 
 def shared_prefix(sequences: Sequence[TrainSequence], minimum: int = 64) -> int:
     """Length of the token prefix every sequence shares and none is trained on (0 if short)."""
-    if not sequences:
-        return 0
-    first = sequences[0].input_ids
-    limit = min(min(len(s.input_ids) for s in sequences) - 1,
-                min(s.mask.index(1) if 1 in s.mask else len(s.mask) for s in sequences))
-    n = 0
-    while n < limit and all(s.input_ids[n] == first[n] for s in sequences):
-        n += 1
-    return n if n >= minimum else 0
+    return untrained_common_prefix([s.input_ids for s in sequences],
+                                   [s.mask.index(1) if 1 in s.mask else len(s.mask) for s in sequences], minimum)
 
 
 class LossTerm(Protocol):

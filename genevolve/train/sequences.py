@@ -123,6 +123,21 @@ def sft_example(tokenizer: Any, record: dict[str, Any], *, end_ids: Sequence[int
     return {"input_ids": ids, "labels": labels}
 
 
+def untrained_common_prefix(rows: Sequence[Sequence[int]], first_trained: Sequence[int], minimum: int) -> int:
+    """How many leading tokens all `rows` share and none learns from: the part (the system prompt,
+    in practice) that can be run once for all of them. It stops one token before the earliest trained
+    one, whose logit comes from the position before it and so must lie after the prefix. 0 when
+    shorter than `minimum`."""
+    if not rows:
+        return 0
+    first = rows[0]
+    limit = min(min(len(r) for r in rows), min(first_trained)) - 1
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n if n >= minimum else 0
+
+
 # ------------------------------------------------------------------------------------ RL
 
 @dataclass
