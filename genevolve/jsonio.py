@@ -41,14 +41,16 @@ def clean_json(obj: Any) -> Any:
     return obj
 
 
-def dumps(obj: Any, *, indent: int | None = None) -> str:
+def dumps(obj: Any, *, indent: int | None = None, default: Any = None) -> str:
     """Strict JSON text of `obj`, cleaned (see `clean_json`) only when it has to be, with every
     configured secret and credential-shaped string taken out (`secrets.scrub`): records carry
-    server errors, and servers echo keys."""
+    server errors, and servers echo keys. `default` as for json.dumps."""
     try:
-        text = json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False)
+        text = json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False, default=default)
         text.encode("utf-8")
     except (ValueError, UnicodeEncodeError):
+        if default is not None:           # what `default` turns objects into may need cleaning too
+            obj = json.loads(json.dumps(obj, ensure_ascii=False, default=default))
         text = json.dumps(clean_json(obj), ensure_ascii=False, indent=indent, allow_nan=False)
     return scrub(text)
 

@@ -379,6 +379,18 @@ def test_json_lines_readers_split_records_only_at_newlines(tmp_path):
     assert read_metrics(path) == rows[:2]
 
 
+def test_training_metrics_are_strict_json(tmp_path):
+    """A diverged step (NaN loss, infinite gradient norm) is written as null, not as the NaN token
+    strict JSON readers refuse; values JSON has no type for are written as text."""
+    from genevolve.jsonio import loads_strict
+    from genevolve.train.metrics import MetricsLog, read_metrics
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.write({"step": 1, "loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-5, "run": tmp_path})
+    line = (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").strip()
+    assert loads_strict(line) == {"step": 1, "loss": None, "grad_norm": None, "lr": 1e-5, "run": str(tmp_path)}
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["loss"] is None
+
+
 def test_an_appender_mends_a_torn_last_line_and_keeps_a_whole_one(tmp_path):
     """A kill mid-append leaves a file without its last newline; the next record must not be glued
     to it, and a last record that is whole (only its newline lost) must not be dropped."""

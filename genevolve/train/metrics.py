@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..jsonio import jsonl_lines
+from ..jsonio import dumps, jsonl_lines
 
 # Curves drawn in the PNG, when present.
 PLOTTED = ("reward_mean", "answer_rate", "loss", "pg_loss", "kl", "clip_fraction", "sdl_loss", "sdl_hit_rate",
@@ -50,7 +50,8 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            # strict JSON (a NaN loss is written null), as every other record of ours
+            f.write(dumps(record, default=str) + "\n")
             f.flush()
         if self._writer is not None:
             for key, value in flatten(record).items():
