@@ -200,6 +200,27 @@ def test_detached_prefix_scores_like_the_full_pass(tiny):
         assert torch.allclose(whole, shared, atol=1e-5)
 
 
+def test_a_shared_prefix_with_gradient_is_exact(tiny):
+    """Two sequences over one prefix run once (SharedPrefix): every parameter ends with the gradient
+    that running both whole gives."""
+    from transformers import AutoModelForCausalLM
+    from genevolve.train.grpo import SharedPrefix
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    seqs = [list(range(5, 105)), list(range(5, 75)) + [9] * 40]
+    positions = [list(range(80, 100)), list(range(75, 110))]
+    weights = [1.0, -0.5]                   # advantages of either sign
+    for ids, pos, w in zip(seqs, positions, weights):
+        (w * token_logprobs(model, ids, pos)[0].sum()).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    shared = SharedPrefix(model, seqs[0][:70])
+    for ids, pos, w in zip(seqs, positions, weights):
+        (w * token_logprobs(model, ids, pos, prefix=(70, shared))[0].sum()).backward()
+    shared.backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-4, atol=1e-6), name
+
+
 def test_training_positions_are_the_policy_tokens_only(tiny, tools, tmp_path):
     """Observation, system and user tokens are never trained: the step's positions are the
     tokens the policy sampled, exactly."""
@@ -298,7 +319,7 @@ def test_extra_loss_terms_join_the_step(tiny, tools, tmp_path):
     # two minibatches (old log-probs recomputed, ratio and clip active) over a shared, detached prefix
     cfg = GRPOConfig.build(model=str(tiny), output_dir=str(tmp_path), steps=1, requests_per_step=1, group_size=2,
                            max_tokens=48, bf16=False, threads=1, policy_options={"tool_call_budget": 1},
-                           minibatches=2, detach_prefix=True)
+                           minibatches=2, share_prefix=True)
     async def by_index(rollout, step, image_path):          # every group has signal
         return Reward(reward=float(rollout.k))
     (record,) = GRPOTrainer(cfg, rows=ROWS[:1], reward_fn=by_index, tools=tools, loss_terms=[term]).train()

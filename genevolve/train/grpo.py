@@ -13,8 +13,10 @@ One step, top to bottom (`GRPOTrainer.step`):
 
 Each trajectory is one sequence: its turns' prompt and completion ids chain into a single token
 list (the policy splices its replies back as sampled), so one forward pass scores every turn, and
-logits are computed only where the policy wrote. With `detach_prefix` the system prompt that every
-trajectory shares is run once per update without gradient (a CPU speed-up, approximate).
+logits are computed only where the policy wrote. With `share_prefix` the system prompt that every
+trajectory shares is run once per minibatch (`SharedPrefix`): each sequence reads its keys and values
+and the gradients they collect go back through that one pass, so the gradient is the one of running
+every sequence whole (a CPU speed-up, exact).
 Metrics go to metrics.jsonl, rollouts with rewards to rollouts/step_XXXXX.jsonl, checkpoints to
 checkpoints/step_XXXXX (weights, optimizer, scheduler, step), from which `train()` resumes.
 """
@@ -84,8 +86,9 @@ def token_logprobs(model: Any, ids: Sequence[int], positions: Sequence[int], tem
     """log π(ids[p] | ids[:p]) for each p in `positions` (p ≥ 1), from one forward pass that computes
     logits only where they are needed.
 
-    `prefix` = (n, cache): the keys and values of ids[:n], computed beforehand without gradient
-    (`prefix_cache`); only ids[n:] then go through the model (every position must be > n).
+    `prefix` = (n, cache): the keys and values of ids[:n], computed beforehand, without gradient
+    (`prefix_cache`) or with it (`SharedPrefix`); only ids[n:] then go through the model (every
+    position must be > n).
     """
     n, cache = prefix if prefix is not None else (0, None)
     device = model_device(model)
@@ -93,7 +96,9 @@ def token_logprobs(model: Any, ids: Sequence[int], positions: Sequence[int], tem
     keep = torch.tensor([p - 1 - n for p in positions], device=device)
     kwargs: dict[str, Any] = {}
     if cache is not None:
-        kwargs = {"cache": copy.deepcopy(cache), "use_cache": True,
+        # a forward pass appends to the cache it is given: each pass gets its own
+        fresh = cache.fresh() if isinstance(cache, SharedPrefix) else copy.deepcopy(cache)
+        kwargs = {"cache": fresh, "use_cache": True,
                   "position_ids": torch.arange(n, len(ids), device=device)[None]}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(input_ids=input_ids, logits_to_keep=keep, **kwargs).logits[0]
@@ -116,6 +121,51 @@ def prefix_cache(model: Any, ids: Sequence[int], autocast: bool = False, base: t
             model(input_ids=torch.tensor([list(ids[m:])], device=device), cache=cache, use_cache=True,
                   logits_to_keep=1, position_ids=torch.arange(m, len(ids), device=device)[None])
     return cache
+
+
+class SharedPrefix:
+    """The keys and values of a prefix several sequences share, computed once with gradient.
+
+    Each sequence's pass reads them through leaf copies (`fresh`), so its backward stops there and
+    leaves the leaves' gradients; `backward()` then sends their sum back through the one prefix pass.
+    The parameters end with the gradient that running every sequence whole would give them, for the
+    price of one prefix forward and backward instead of one per sequence. (Autograd has no way to
+    share a subgraph among separate backward calls other than keeping it alive, which would run the
+    prefix's backward once per sequence.)"""
+
+    def __init__(self, model: Any, ids: Sequence[int], autocast: bool = False):
+        from transformers import DynamicCache
+        self.config = model.config
+        device = model_device(model)
+        cache = DynamicCache(config=model.config)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids=torch.tensor([list(ids)], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+        self.tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        self.leaves = [t.detach().requires_grad_(True) for t in self.tensors]
+        self.grads: list[torch.Tensor | None] = [None] * len(self.leaves)
+
+    def fresh(self) -> Any:
+        """A cache over the leaves for one forward pass (the pass appends to its own copy)."""
+        from transformers import DynamicCache
+        self.collect()
+        pairs = [(self.leaves[i], self.leaves[i + 1]) for i in range(0, len(self.leaves), 2)]
+        return DynamicCache(ddp_cache_data=pairs, config=self.config)
+
+    def collect(self) -> None:
+        """Move what the leaves have gathered so far into float32 sums (bf16 sums would lose the
+        small contributions)."""
+        for i, leaf in enumerate(self.leaves):
+            if leaf.grad is not None:
+                g = leaf.grad.float()
+                self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
+                leaf.grad = None
+
+    def backward(self) -> None:
+        self.collect()
+        pairs = [(t, g.to(t.dtype)) for t, g in zip(self.tensors, self.grads) if g is not None]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        self.tensors, self.grads = [], []
 
 
 def shared_prefix(sequences: Sequence[TrainSequence], minimum: int = 64) -> int:
@@ -387,7 +437,9 @@ class GRPOTrainer:
                 for term in self.loss_terms:
                     if hasattr(term, "begin"):
                         term.begin([i for i in members if i in active])
-                prefix = self._prefix([seqs[i] for i in members if i in active])
+                trained = [seqs[i] for i in members if i in active]
+                n = shared_prefix(trained) if cfg.share_prefix else 0
+                prefix = (n, SharedPrefix(model, trained[0].input_ids[:n], cfg.bf16)) if n else None
                 for i in members:
                     if i not in active:
                         continue
@@ -415,6 +467,8 @@ class GRPOTrainer:
                     totals["tokens"] += len(positions[i])
                     totals["entropy"] += ent.sum().item()
                     totals["ratio"] += torch.exp(logp - old_logp).sum().item()
+                if prefix is not None:
+                    prefix[1].backward()
                 norm = (torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                        cfg.max_grad_norm) if cfg.max_grad_norm > 0 else
                         torch.tensor(0.0))
@@ -435,8 +489,8 @@ class GRPOTrainer:
                 **extra}
 
     def _prefix(self, sequences: list[TrainSequence]) -> tuple[int, Any] | None:
-        """The shared, gradient-free prefix of these sequences under the current weights (detach_prefix)."""
-        n = shared_prefix(sequences) if self.config.detach_prefix else 0
+        """The shared prefix of these sequences under the current weights, without gradient (share_prefix)."""
+        n = shared_prefix(sequences) if self.config.share_prefix else 0
         return (n, self.prefix_for(sequences[0].input_ids[:n])) if n else None
 
     def prefix_for(self, ids: list[int]) -> Any:

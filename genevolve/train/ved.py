@@ -13,7 +13,7 @@ Once per step (`VEDTerm.prepare`, after the rewards are in):
    tokens with the guide in the system prompt's guide slot (`teacher_view`), one forward pass
    without gradient; its log-probs at the student's sampled tokens are the targets (fixed for the
    step: with several passes over a batch they stay those of the step's starting weights). Nothing
-   is generated, and the system prompt's cache is shared with the update's detached prefix.
+   is generated, and the system prompt's cache is computed once for all teacher rows.
 
 Then, inside the student's own forward pass of the update (`VEDTerm.loss`), per token
 ℓ = log p_student − log p_teacher, k3 = exp(−ℓ) − 1 + ℓ clamped to ±`ved_k3_clamp`, weighted by
@@ -262,8 +262,8 @@ class VEDTerm:
             return
         model = trainer.model
         with torch.no_grad():
-            # The system prompt before the guide slot is the same for teachers and students: computed
-            # once here, the update extends it too (until its optimizer step).
+            # The system prompt before the guide slot is the same for every teacher row (and any
+            # no-gradient pass of the update): computed once here, kept until the optimizer step.
             n = shared_prefix([j[0] for j in jobs] + list(batch.sequences))
             if n:
                 trainer.remember_prefix(jobs[0][0].input_ids[:n])
