@@ -51,15 +51,11 @@ DIMENSIONS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics
 # ----------------------------------------------------------------------------- data
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """An input file, strictly (evaluation records: `read_records`)."""
+    """An input file, strictly (this script's own evaluation records, which a kill may have cut
+    mid-line, are read with jsonio.read_jsonl_tolerant)."""
     if not path.exists():
         return []
     return [json.loads(line) for line in jsonl_lines(path.read_text(encoding="utf-8")) if line.strip()]
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Evaluation records this script appended; a torn last line (a kill mid-write) is skipped."""
-    return list(read_jsonl_tolerant(path))
 
 
 def with_abs_gt(rows: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
@@ -258,7 +254,7 @@ async def evaluate(policy: Any, rows: list[dict[str, Any]], out_file: Path) -> N
     from genevolve.policies.base import Sampling
     from genevolve.tools import default_tools, make_image_search_backend, make_search_backend
 
-    done = {r["id"] for r in read_records(out_file)}
+    done = {r["id"] for r in read_jsonl_tolerant(out_file)}
     todo = [r for r in rows if r["id"] not in done]
     if not todo:
         return
@@ -392,7 +388,7 @@ def stage_records(out: Path, stage: str, split: str, rows: list[dict[str, Any]])
     """A stage's records of exactly these rows. The record file may hold more: an earlier run with
     other subset sizes leaves its rows there, and they must not leak into this run's figures."""
     asked = {r["id"] for r in rows}
-    return [r for r in read_records(out / "eval" / stage / f"{split}.jsonl") if r["id"] in asked]
+    return [r for r in read_jsonl_tolerant(out / "eval" / stage / f"{split}.jsonl") if r["id"] in asked]
 
 
 def export_stage(model_dir: str, out: Path) -> Path:
