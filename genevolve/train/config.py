@@ -23,7 +23,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "bf16": True},
     "cpu": {"requests_per_step": 2, "group_size": 4, "learning_rate": 1e-5, "lr_schedule": "cosine",
             "warmup_steps": 0, "temperature": 0.7, "top_p": 0.95, "max_tokens": 160, "steps": 30,
-            "bf16": True, "threads": 2, "share_prefix": True,
+            "bf16": True, "threads": 2,
             # a small policy's worse rollouts mostly fail the protocol: those pairs are its lessons
             "ved_exclude_protocol_failures": False},
 }
@@ -56,7 +56,7 @@ class GRPOConfig:
     lora_r: int = _f(0, "LoRA rank (0: full fine-tune)")
     lora_alpha: int = _f(32, "LoRA alpha")
     bf16: bool = _f(True, "bf16 autocast (fp32 master weights); rollouts in a bf16 copy")
-    share_prefix: bool = _f(False, "run the system prompt every trajectory shares once per minibatch and send "
+    share_prefix: bool = _f(True, "run the system prompt every trajectory shares once per minibatch and send "
                                    "the sequences' gradients back through that one pass (exact; a CPU speed-up)")
     threads: int | None = _f(None, "torch threads (default: torch's)")
     device: str = _f("auto", "where the model trains: auto (the GPU when torch sees one, else the CPU) | cpu | "
