@@ -350,7 +350,7 @@ def summarize(records: list[dict[str, Any]], tracks: dict[str, str] | None = Non
 # Which stage is measured against which: each step of the chain against the one before it, and the
 # whole chain against the untuned model.
 COMPARISONS = (("sft", "untuned"), ("grpo", "sft"), ("grpo_ved", "grpo"), ("grpo", "untuned"),
-               ("grpo_ved", "untuned"), ("grpo", "big"))
+               ("grpo_ved", "untuned"), ("sft", "big"), ("grpo", "big"), ("grpo_ved", "big"))
 PAIRED_KEYS = ("valid_rate", "grounded_rate", "kscore", "seconds")
 
 
