@@ -112,7 +112,7 @@ def test_sft_training_lowers_the_loss_and_resumes(tiny, tokenizer, tmp_path):
                   per_device_batch=2, lr_schedule="constant", warmup_ratio=0.0, bf16=False, save_steps=1, threads=1,
                   activation_checkpointing=False)
     result = train_sft(SFTConfig.build(max_steps=2, **common))
-    assert result["steps"] == 2 and result["records"] == 4
+    assert result["steps"] == 2 and result["records"] == 4 and result["records_seen"] == 4
     after = _nll(AutoModelForCausalLM.from_pretrained(run / "model"), example)
     assert after < before
     resumed = train_sft(SFTConfig.build(max_steps=3, **common))      # picks up checkpoint-2

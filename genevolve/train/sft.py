@@ -233,6 +233,9 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     save_policy(trainer.model, tokenizer, run / "model", base=base,
                 note={"trainer": "sft", "steps": trainer.state.global_step, "records": len(examples),
                       "config": config.to_dict()})
+    # the data's sizes, and how much of it the steps run went through
     return {"steps": trainer.state.global_step, "train_loss": result.training_loss, "records": len(examples),
+            "epochs_run": trainer.state.epoch,
+            "records_seen": trainer.state.global_step * config.per_device_batch * accumulation * world,
             "tokens": sum(len(e["input_ids"]) for e in examples),
-            "trained_tokens": sum(sum(1 for t in e["labels"] if t != -100) for e in examples)}
+            "assistant_tokens": sum(sum(1 for t in e["labels"] if t != -100) for e in examples)}
