@@ -103,9 +103,12 @@ def test_sft_training_lowers_the_loss_and_resumes(tiny, tokenizer, tmp_path):
     from genevolve.train.config import SFTConfig
     from genevolve.train.sft import train_sft
     data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps({"messages": CONVERSATION, "images": [], "meta": {}}) + "\n"
+    # a system prompt long enough that the rows of a batch share it (the shared-prefix loss runs)
+    conversation = [{"role": "system", "content": "You are an agent. " + "Follow the protocol closely. " * 12},
+                    *CONVERSATION[1:]]
+    data.write_text("".join(json.dumps({"messages": conversation, "images": [], "meta": {}}) + "\n"
                             for _ in range(4)))
-    example = sft_example(tokenizer, {"messages": CONVERSATION}, end_ids=end_of_turn_ids(tokenizer))
+    example = sft_example(tokenizer, {"messages": conversation}, end_ids=end_of_turn_ids(tokenizer))
     before = _nll(AutoModelForCausalLM.from_pretrained(tiny), example)
     run = tmp_path / "run"
     common = dict(model=str(tiny), output_dir=str(run), data=str(data), learning_rate=5e-3, batch_size=2,
