@@ -269,6 +269,10 @@ async def _close(tools):
 
 def test_resume_gives_the_same_run(tiny, tools, tmp_path):
     straight = _trainer(tiny, tools, tmp_path / "a", steps=2)[0].train()
+    # a run stopped before its first checkpoint left a step's metrics and rollouts: they are redone
+    (tmp_path / "b" / "rollouts").mkdir(parents=True)
+    (tmp_path / "b" / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward_mean": -1.0}) + "\n")
+    (tmp_path / "b" / "rollouts" / "step_00001.jsonl").write_text("{}\n")
     first = _trainer(tiny, tools, tmp_path / "b", steps=2)[0].train(until=1)      # interrupted
     resumed = _trainer(tiny, tools, tmp_path / "b", steps=2)[0].train()
     assert [r["step"] for r in first] == [1] and [r["step"] for r in resumed] == [2]

@@ -271,10 +271,11 @@ class GRPOTrainer:
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             self.step_done = int(state["step"])
-            self.metrics.truncate_after(self.step_done)
-            for f in (self.run_dir / "rollouts").glob("step_*.jsonl"):
-                if int(f.stem.split("_")[1]) > self.step_done:
-                    f.unlink()
+        # Whatever a stopped run wrote after its last checkpoint (or before its first) is redone now.
+        self.metrics.truncate_after(self.step_done)
+        for f in (self.run_dir / "rollouts").glob("step_*.jsonl"):
+            if int(f.stem.split("_")[1]) > self.step_done:
+                f.unlink()
         for term in self.loss_terms:
             if hasattr(term, "attach"):
                 term.attach(self.run_dir, self.step_done,
