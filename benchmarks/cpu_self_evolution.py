@@ -46,6 +46,9 @@ sys.path.insert(0, str(ROOT))
 from genevolve.jsonio import JsonlAppender, atomic_write_json, jsonl_lines, read_jsonl_tolerant  # noqa: E402
 
 DIMENSIONS = ("faithfulness", "visual_correctness", "text_accuracy", "aesthetics")
+# The small policy's budget in training and evaluation (its turns are short; 4 calls leave room to
+# search, look up a skill and fetch references). --policy-opt overrides it.
+SMALL_POLICY_BUDGET = {"tool_call_budget": 4}
 
 
 # ----------------------------------------------------------------------------- data
@@ -554,7 +557,7 @@ def main() -> None:
     p.add_argument("--sweep-from", default=None, help="checkpoint to start the sweep runs from (default OUT's SFT)")
     args = p.parse_args()
     from genevolve.cli.common import parse_options
-    args.policy_options = parse_options(args.policy_opt, "--policy-opt") or {"tool_call_budget": 4}
+    args.policy_options = parse_options(args.policy_opt, "--policy-opt") or dict(SMALL_POLICY_BUDGET)
     default_stages = "untuned,sft,grpo,grpo_ved" if args.toy else "untuned,sft,grpo,grpo_ved,big"
     import os
     args.ved_api_key = os.environ.get("OPENAI_API_KEY", "") if args.ved_summarizer == "endpoint" else ""

@@ -18,14 +18,20 @@ from __future__ import annotations
 import argparse
 import time
 
+from cpu_self_evolution import SMALL_POLICY_BUDGET  # the benchmark whose SFT this times (puts the repo on the path)
+
+from genevolve.train.config import SFT_PRESETS
+
+CPU = SFT_PRESETS["cpu"]
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--records", type=int, default=8)
-    p.add_argument("--rows", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--records", type=int, default=CPU["batch_size"])
+    p.add_argument("--rows", type=int, default=CPU["per_device_batch"])
+    p.add_argument("--threads", type=int, default=CPU["threads"])
     args = p.parse_args()
 
     import torch
@@ -42,8 +48,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model.train()
-    examples = tokenize_records(read_sft_records(args.data), tokenizer, max_length=4096,
-                                student=student_view({"tool_call_budget": 4}),
+    examples = tokenize_records(read_sft_records(args.data), tokenizer, max_length=CPU["max_length"],
+                                student=student_view(SMALL_POLICY_BUDGET),
                                 end_ids=end_of_turn_ids(tokenizer, model.generation_config))
     examples.sort(key=lambda e: len(e["input_ids"]))
     step = max(len(examples) // args.records, 1)
