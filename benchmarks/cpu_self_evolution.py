@@ -114,27 +114,29 @@ def train_stages(args: argparse.Namespace, paths: dict[str, Path], out: Path) ->
         if not pool:
             raise SystemExit(f"{paths['pool']}: no pool rows for GRPO")
     for stage in rl:                  # the same start, pool, seeds, steps and minutes; VED is the difference
-        t0 = time.perf_counter()
         cfg = grpo_config(args, stages["sft"]["model_dir"], out / "runs" / stage, ved=stage == "grpo_ved")
         model_dir = out / "runs" / stage / "model"
-        records = (GRPOTrainer(cfg, rows=pool, ved_api_key=args.ved_api_key).train()
-                   if not (model_dir / "genevolve_policy.json").exists() else [])
-        stages[stage] = {"model_dir": str(model_dir), "train_s": round(time.perf_counter() - t0, 1),
-                         "steps_run": len(records),
+        if not (model_dir / "genevolve_policy.json").exists():
+            GRPOTrainer(cfg, rows=pool, ved_api_key=args.ved_api_key).train()
+        # From the run's own metrics, so a run trained (or resumed) by an earlier invocation that
+        # stopped before writing TRAINING.json reports the same figures.
+        records = read_jsonl(out / "runs" / stage / "metrics.jsonl")
+        stages[stage] = {"model_dir": str(model_dir), "steps_run": len(records),
+                         "train_s": round(sum(r.get("seconds_step", 0.0) for r in records), 1),
                          "reward_first": records[0]["reward_mean"] if records else None,
                          "reward_last": records[-1]["reward_mean"] if records else None}
         if stage == "grpo_ved":
-            stages[stage]["ved"] = ved_summary(read_jsonl(out / "runs" / stage / "metrics.jsonl"))
+            stages[stage]["ved"] = ved_summary(records)
     return stages
 
 
 def remember_training(stages: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Training figures survive the run that trained them: a stage reused by a later invocation (to
-    evaluate all stages at once) reports the time and rewards of the run that trained it."""
+    """Training figures survive the run that trained them: an SFT stage reused by a later invocation
+    (to evaluate all stages at once) reports the time and loss of the run that trained it (GRPO
+    stages read theirs from the run's metrics)."""
     known = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     for name, stage in stages.items():
-        reused = stage.get("reused") or (name in ("grpo", "grpo_ved") and not stage.get("steps_run"))
-        if reused and name in known:
+        if stage.get("reused") and name in known:
             stages[name] = {**known[name], "model_dir": stage["model_dir"]}
         else:
             known[name] = stage
