@@ -94,6 +94,7 @@ def train_stages(args: argparse.Namespace, paths: dict[str, Path], out: Path) ->
     from genevolve.train.base_models import resolve_model
     from genevolve.train.config import SFTConfig
     from genevolve.train.grpo import GRPOTrainer
+    from genevolve.train.metrics import read_metrics
     from genevolve.train.rollouts import load_rows
     from genevolve.train.sft import train_sft
 
@@ -120,7 +121,7 @@ def train_stages(args: argparse.Namespace, paths: dict[str, Path], out: Path) ->
             GRPOTrainer(cfg, rows=pool, ved_api_key=args.ved_api_key).train()
         # From the run's own metrics, so a run trained (or resumed) by an earlier invocation that
         # stopped before writing TRAINING.json reports the same figures.
-        records = read_jsonl(out / "runs" / stage / "metrics.jsonl")
+        records = read_metrics(out / "runs" / stage / "metrics.jsonl")
         stages[stage] = {"model_dir": str(model_dir), "steps_run": len(records),
                          "train_s": round(sum(r.get("seconds_step", 0.0) for r in records), 1),
                          "reward_first": records[0]["reward_mean"] if records else None,
