@@ -292,6 +292,19 @@ def test_resume_gives_the_same_run(tiny, tools, tmp_path):
     assert record["trajectory"]["turns"][0]["completion_ids"]
 
 
+def test_a_time_limit_spans_the_invocations_of_a_run(tiny, tools, tmp_path):
+    run = tmp_path / "run"
+    _trainer(tiny, tools, run, steps=3)[0].train(until=1)
+    metrics = run / "metrics.jsonl"
+    (record,) = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert record["train_seconds"] >= record["seconds_step"] > 0
+    # as if step 1 had taken an hour: a one-hour limit is spent once the next step is done
+    metrics.write_text(json.dumps({**record, "train_seconds": 3600.0}) + "\n")
+    resumed = _trainer(tiny, tools, run, steps=3, time_limit_minutes=60)[0].train()
+    assert [r["step"] for r in resumed] == [2] and resumed[0]["train_seconds"] > 3600
+    assert (run / "checkpoints" / "step_00002").is_dir() and (run / "model" / "config.json").exists()
+
+
 def _weights(ckpt: Path) -> dict:
     from safetensors.torch import load_file
     return load_file(str(ckpt / "model.safetensors"))

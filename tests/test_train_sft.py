@@ -118,10 +118,18 @@ def test_sft_training_lowers_the_loss_and_resumes(tiny, tokenizer, tmp_path):
     assert result["steps"] == 2 and result["records"] == 4 and result["records_seen"] == 4
     after = _nll(AutoModelForCausalLM.from_pretrained(run / "model"), example)
     assert after < before
-    resumed = train_sft(SFTConfig.build(max_steps=3, **common))      # picks up checkpoint-2
+    # As if the first two steps had taken an hour: a one-hour limit is spent after the next step,
+    # though this invocation has run for seconds (the limit is the whole run's).
+    metrics = run / "metrics.jsonl"
+    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert all(r["train_seconds"] > 0 for r in records)
+    metrics.write_text("".join(json.dumps({**r, "train_seconds": 3600.0}) + "\n" for r in records))
+    resumed = train_sft(SFTConfig.build(max_steps=4, time_limit_minutes=60, **common))  # from checkpoint-2
     assert resumed["steps"] == 3
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    steps = [r["step"] for r in records]
     assert sorted(set(steps)) == [1, 2, 3] and steps == sorted(steps)
+    assert all(r["train_seconds"] > 3600 for r in records if r["step"] == 3)
     note = json.loads((run / "model" / "genevolve_policy.json").read_text())
     assert note["trainer"] == "sft" and note["kind"] == "full"
 

@@ -62,8 +62,9 @@ class GRPOConfig:
     device: str = _f("auto", "where the model trains: auto (the GPU when torch sees one, else the CPU) | cpu | "
                              "cuda | cuda:N")
     seed: int = _f(0, "seed of the pool order and of every rollout")
-    time_limit_minutes: float | None = _f(None, "stop after the step that passes this much training time "
-                                                "(a safety net: the schedule still spans `steps`)")
+    time_limit_minutes: float | None = _f(None, "stop after the step that passes this much training time, "
+                                                "resumed invocations included (a safety net: the schedule "
+                                                "still spans `steps`)")
     save_every: int = _f(10, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     max_sequence_tokens: int = _f(8192, "longer trajectories are cut")
@@ -205,7 +206,8 @@ class SFTConfig:
     bf16: bool = _f(True, "bf16 autocast with fp32 master weights")
     threads: int | None = _f(None, "torch threads")
     seed: int = _f(0, "seed")
-    time_limit_minutes: float | None = _f(None, "stop after the optimizer step that passes this much time")
+    time_limit_minutes: float | None = _f(None, "stop after the optimizer step that passes this much training "
+                                                "time, resumed invocations included")
     save_steps: int = _f(50, "checkpoint every N optimizer steps")
     keep_checkpoints: int = _f(2, "checkpoints kept")
     share_prefix: bool = _f(True, "run the tokens all rows of a batch begin with (the system prompt) once per "

@@ -86,6 +86,15 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in jsonl_lines(p.read_text(encoding="utf-8")) if line.strip()]
 
 
+def spent_seconds(records: list[dict[str, Any]]) -> float:
+    """Training seconds a resumed run has already spent: the last kept record's `train_seconds`
+    (every step writes it), so that a time limit is a budget for the whole run, not per invocation."""
+    for record in reversed(records):
+        if isinstance(record.get("train_seconds"), (int, float)):
+            return float(record["train_seconds"])
+    return 0.0
+
+
 def plot_curves(records: list[dict[str, Any]], out: str | os.PathLike, title: str = "") -> Path | None:
     """A PNG with one small panel per plotted metric; None when matplotlib is missing or nothing to draw."""
     try:
