@@ -159,14 +159,21 @@ def grpo_config(args: argparse.Namespace, start: str, run_dir: Path, ved: bool, 
 
 
 def ved_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """VED over a run: SDL hit rate and loss, pairs and guides, the memory at the end."""
+    """VED over a run: SDL hit rate and loss, pairs and guides, the memory at the end. The hit rate
+    is over every step; the loss, mask and guide length only over the steps that had a guide (a
+    step without one has nothing to average, and its zeros would dilute the rest)."""
     if not records:
         return {}
-    mean = lambda key: sum(r.get(key, 0.0) for r in records) / len(records)  # noqa: E731
-    return {"sdl_hit_rate": mean("sdl_hit_rate"), "sdl_loss": mean("sdl_loss"),
-            "sdl_mask_fraction": mean("sdl_mask_fraction"), "ved_pairs": sum(r.get("ved_pairs", 0) for r in records),
+    guided = [r for r in records if r.get("sdl_hit_rate", 0) > 0]
+
+    def mean(key: str, over: list[dict[str, Any]] = records) -> float:
+        return sum(r.get(key, 0.0) for r in over) / len(over) if over else 0.0
+
+    return {"sdl_hit_rate": mean("sdl_hit_rate"), "guided_steps": len(guided), "sdl_loss": mean("sdl_loss", guided),
+            "sdl_mask_fraction": mean("sdl_mask_fraction", guided),
+            "ved_pairs": sum(r.get("ved_pairs", 0) for r in records),
             "ved_guides_written": sum(r.get("ved_guides_written", 0) for r in records),
-            "ved_guide_tokens": mean("ved_guide_tokens"), "memory_size": records[-1].get("ved_memory_size"),
+            "ved_guide_tokens": mean("ved_guide_tokens", guided), "memory_size": records[-1].get("ved_memory_size"),
             "evictions": records[-1].get("ved_evictions_total"),
             "seconds_prepare": mean_nested(records, "seconds", "prepare"),
             "seconds_update": mean_nested(records, "seconds", "update"),
