@@ -123,6 +123,10 @@ def test_sft_training_lowers_the_loss_and_resumes(tiny, tokenizer, tmp_path):
     metrics = run / "metrics.jsonl"
     records = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert all(r["train_seconds"] > 0 for r in records)
+    # the shared-prefix loss logs the figures TRL's own loss does
+    stepped = [r for r in records if "loss" in r]
+    assert stepped and all(0 <= r["mean_token_accuracy"] <= 1 and r["entropy"] > 0 and r["num_tokens"] > 0
+                           for r in stepped)
     metrics.write_text("".join(json.dumps({**r, "train_seconds": 3600.0}) + "\n" for r in records))
     resumed = train_sft(SFTConfig.build(max_steps=4, time_limit_minutes=60, **common))  # from checkpoint-2
     assert resumed["steps"] == 3

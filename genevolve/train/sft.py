@@ -149,12 +149,15 @@ def _prefix_sharing(trainer_class: Any) -> Any:
             out = prefix_shared_token_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], prefix)
             count = out["tokens"] if num_items_in_batch is None else num_items_in_batch
             loss = out["nll"] / torch.as_tensor(count).clamp(min=1)
-            # the figures TRL's own loss logs, so both paths write the same metrics
-            learnt = max(out["tokens"], 1)
-            self._metrics["train"]["entropy"].append(out["entropy"] / learnt)
-            self._metrics["train"]["mean_token_accuracy"].append(out["top1"] / learnt)
-            self._total_train_tokens += int(inputs["attention_mask"].sum())
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            # The figures TRL's own loss logs, so both paths write the same metrics. They live in
+            # SFTTrainer's private fields (TRL 1.16, pinned); a TRL without them only loses the figures.
+            logged = getattr(self, "_metrics", None)
+            if isinstance(logged, dict) and "train" in logged and hasattr(self, "_total_train_tokens"):
+                learnt = max(out["tokens"], 1)
+                logged["train"]["entropy"].append(out["entropy"] / learnt)
+                logged["train"]["mean_token_accuracy"].append(out["top1"] / learnt)
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+                logged["train"]["num_tokens"] = [self._total_train_tokens]
             return loss
 
     return PrefixSharingSFTTrainer
