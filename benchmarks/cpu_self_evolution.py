@@ -13,7 +13,7 @@ starts from the same SFT checkpoint with the same pool, seeds, steps and minutes
 Experience Distillation (offline summariser, MiniLM-keyed memory, the privileged teacher's SDL term);
 before its evaluation the script prints what a VED step costs against a plain GRPO step on the same
 batch (`ved_step_cost`: the update with and without the teacher pass, and the whole step; measured
-once, kept in OUT/VED_STEP_COST.json, `--no-ved-cost` skips it). Each stage is
+on `--ved-cost-batches` batches, kept in OUT/VED_STEP_COST.json, `--no-ved-cost` skips it). Each stage is
 exported to GGUF (q8_0) and evaluated by the embedded llama.cpp policy on the held-out rows and on
 the offline benchmark's test split: valid-program rate, program-level grounding of the hidden
 entity (against the recipe, no pixels), KScore by dimension with the offline renderer and offline
@@ -187,37 +187,33 @@ def mean_nested(records: list[dict[str, Any]], outer: str, inner: str) -> float:
 # ----------------------------------------------------------------------------- VED step cost
 
 def ved_step_cost(args: argparse.Namespace, start: str, pool: list[dict[str, Any]], out: Path,
-                  repeats: int = 2) -> dict[str, Any]:
-    """A VED step against a plain GRPO step on the same batch: one batch of rollouts (timed with its
-    scoring), then the update without and with VED's prepare (pairs, guides, memory, the teacher's
-    forward pass), alternating `repeats` times from the same weights and optimizer state; the
-    fastest of each is kept (load on a shared machine only ever adds time). Rewards are then set to
-    k / (K - 1) within each group so that every sequence has an advantage (the plain update trains
-    them all) and every group a pair and a guide: VED's worst case for extra work."""
+                  batches: int = 1, repeats: int = 2) -> dict[str, Any]:
+    """A VED step against a plain GRPO step on the same batch, for each of `batches` batches (the
+    first steps' rows): the batch's rollouts (timed with their scoring), then the update without and
+    with VED's prepare (pairs, guides, memory, the teacher's forward pass), alternating `repeats`
+    times from the same weights and optimizer state; the fastest of each is kept (load on a shared
+    machine only ever adds time). Rewards are then set to k / (K - 1) within each group so that every
+    sequence has an advantage (the plain update trains them all) and every group a pair and a guide:
+    VED's worst case for extra work. The ratios over all batches are of summed seconds."""
     import asyncio
     import copy
 
     from genevolve.train.grpo import GRPOTrainer
     from genevolve.train.rewards import Reward
 
-    cfg = grpo_config(args, start, out / "runs" / "ved_cost", ved=True, steps=1)
+    cfg = grpo_config(args, start, out / "runs" / "ved_cost", ved=True, steps=batches)
     trainer = GRPOTrainer(cfg, rows=pool, ved_api_key=args.ved_api_key)
     trainer._setup()
-    rows = trainer.batch_rows(1)
-    seconds: dict[str, float] = {}
-    rollouts, rewards = asyncio.run(trainer._rollouts_and_rewards(rows, 1, seconds))
-    k = max(cfg.group_size - 1, 1)
-    synthetic = [Reward(r.k / k, r_img=r.k / k, r_text=r.k / k) for r in rollouts]
     term = trainer.loss_terms[0]
     state = (copy.deepcopy(trainer.model.state_dict()), copy.deepcopy(trainer.optimizer.state_dict()),
              copy.deepcopy(trainer.scheduler.state_dict()))
 
-    def timed(with_ved: bool) -> tuple[float, float]:
+    def timed(batch_of: Any, with_ved: bool) -> tuple[float, float]:
         trainer.model.load_state_dict(state[0])
         trainer.optimizer.load_state_dict(state[1])
         trainer.scheduler.load_state_dict(state[2])
         trainer._base_prefix = None               # computed under the weights just replaced
-        batch = trainer.make_batch(rollouts, synthetic)
+        batch = batch_of()
         trainer.loss_terms = [term] if with_ved else []
         t0 = time.perf_counter()
         if with_ved:
@@ -226,25 +222,47 @@ def ved_step_cost(args: argparse.Namespace, start: str, pool: list[dict[str, Any
         trainer.update(batch)
         return t1 - t0, time.perf_counter() - t1
 
-    plain, ved = [], []
-    for _ in range(repeats):
-        plain.append(timed(False))
-        ved.append(timed(True))
-    stats = term.metrics()
-    base = min(u for _, u in plain)
-    best = min(ved, key=lambda pu: pu[0] + pu[1])
-    rollout_s = seconds.get("rollout", 0.0) + seconds.get("score", 0.0)
-    sequences = trainer.make_batch(rollouts, synthetic).sequences
-    result = {"sequences": len(sequences), "written_tokens": sum(sum(s.mask) for s in sequences),
-              "guided_rows": stats.get("sdl_trained_rows"), "guide_tokens": stats.get("ved_guide_tokens"),
-              "plain_update_s": round(base, 3), "ved_prepare_s": round(best[0], 3), "ved_update_s": round(best[1], 3),
-              "teacher_s": (stats.get("ved_seconds") or {}).get("teacher"),
-              "update_ratio": round((best[0] + best[1]) / base, 3) if base else None,
-              "rollout_and_score_s": round(rollout_s, 3),
-              "step_ratio": round((rollout_s + best[0] + best[1]) / (rollout_s + base), 3) if rollout_s + base else None,
-              "target": "update_ratio <= 1.4 (one extra forward pass)"}
+    each = []
+    for b in range(1, batches + 1):
+        seconds: dict[str, float] = {}
+        rollouts, _ = asyncio.run(trainer._rollouts_and_rewards(trainer.batch_rows(b), b, seconds))
+        rollout_s = seconds.get("rollout", 0.0) + seconds.get("score", 0.0)
+        k = max(cfg.group_size - 1, 1)
+        synthetic = [Reward(r.k / k, r_img=r.k / k, r_text=r.k / k) for r in rollouts]
+
+        def batch_of() -> Any:
+            return trainer.make_batch(rollouts, synthetic)
+
+        plain, ved = [], []
+        for _ in range(repeats):
+            plain.append(timed(batch_of, False))
+            ved.append(timed(batch_of, True))
+        stats = term.metrics()
+        base = min(u for _, u in plain)
+        prepare_s, update_s = min(ved, key=sum)
+        sequences = batch_of().sequences
+        each.append({"sequences": len(sequences), "written_tokens": sum(sum(s.mask) for s in sequences),
+                     "guided_rows": stats.get("sdl_trained_rows"), "guide_tokens": stats.get("ved_guide_tokens"),
+                     "plain_update_s": round(base, 3), "ved_prepare_s": round(prepare_s, 3),
+                     "ved_update_s": round(update_s, 3), "teacher_s": (stats.get("ved_seconds") or {}).get("teacher"),
+                     "update_ratio": round((prepare_s + update_s) / base, 3), "rollout_and_score_s": round(rollout_s, 3),
+                     "step_ratio": round((rollout_s + prepare_s + update_s) / (rollout_s + base), 3)})
     trainer.metrics.close()
-    return result
+
+    def total(key: str) -> float:
+        return round(sum(e[key] or 0.0 for e in each), 3)
+
+    plain_s, ved_s, rollout_s = total("plain_update_s"), total("ved_prepare_s") + total("ved_update_s"), \
+        total("rollout_and_score_s")
+    return {"batches": len(each), "sequences": sum(e["sequences"] for e in each),
+            "written_tokens": sum(e["written_tokens"] for e in each),
+            "guided_rows": sum(e["guided_rows"] or 0 for e in each),
+            "guide_tokens": round(sum(e["guide_tokens"] or 0.0 for e in each) / len(each), 1),
+            "plain_update_s": plain_s, "ved_prepare_s": total("ved_prepare_s"), "ved_update_s": total("ved_update_s"),
+            "teacher_s": total("teacher_s"), "update_ratio": round(ved_s / plain_s, 3),
+            "update_ratio_range": [min(e["update_ratio"] for e in each), max(e["update_ratio"] for e in each)],
+            "rollout_and_score_s": rollout_s, "step_ratio": round((rollout_s + ved_s) / (rollout_s + plain_s), 3),
+            "per_batch": each, "target": "update_ratio <= 1.4 (one extra forward pass)"}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -489,8 +507,10 @@ def report_md(report: dict[str, Any]) -> str:
                                                   for k, v in st["ved"].items()))
     cost = report.get("ved_step_cost")
     if cost:
-        lines += ["", "## VED step cost (same batch)", "",
-                  f"update with VED / plain: **{cost['update_ratio']}x** (plain {cost['plain_update_s']} s; VED prepare "
+        spread = (f" (batches {cost['update_ratio_range'][0]}x to {cost['update_ratio_range'][1]}x)"
+                  if cost.get("batches", 1) > 1 else "")
+        lines += ["", f"## VED step cost (the same batches, {cost.get('batches', 1)})", "",
+                  f"update with VED / plain: **{cost['update_ratio']}x**{spread} (plain {cost['plain_update_s']} s; VED prepare "
                   f"{cost['ved_prepare_s']} s + update {cost['ved_update_s']} s; teacher pass {cost['teacher_s']} s), "
                   f"whole step {cost['step_ratio']}x with {cost['rollout_and_score_s']} s of rollouts and scoring; "
                   f"{cost['sequences']} sequences, {cost['written_tokens']} written tokens, "
@@ -557,6 +577,7 @@ def main() -> None:
                                                                "its key from OPENAI_API_KEY)")
     p.add_argument("--ved-summarizer-model", default="default")
     p.add_argument("--no-ved-cost", action="store_true", help="skip the VED-vs-GRPO step cost measurement")
+    p.add_argument("--ved-cost-batches", type=int, default=1, help="batches the VED step cost is measured on")
     p.add_argument("--no-eval", action="store_true", help="train the stages (or reuse them) and stop: evaluate "
                                                               "later with every stage at once")
     p.add_argument("--toy", action="store_true", help="a few rows and steps, end to end")
@@ -602,11 +623,12 @@ def main() -> None:
     cost = None
     if "grpo_ved" in args.stages and not args.no_ved_cost:
         cost_file = out / "VED_STEP_COST.json"
-        if cost_file.exists():
+        if cost_file.exists() and json.loads(cost_file.read_text()).get("batches", 1) == args.ved_cost_batches:
             cost = json.loads(cost_file.read_text())
         else:
             from genevolve.train.rollouts import load_rows
-            cost = ved_step_cost(args, stages["sft"]["model_dir"], load_rows(paths["pool"]), out)
+            cost = ved_step_cost(args, stages["sft"]["model_dir"], load_rows(paths["pool"]), out,
+                                 batches=args.ved_cost_batches)
             atomic_write_json(cost_file, cost)
         print(json.dumps({"ved_step_cost": cost}))
     if args.no_eval:
