@@ -235,6 +235,7 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
         last = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*"))
         metrics.truncate_after(last)
         clock[1] = spent_seconds(metrics.records())   # a time limit spans the whole run
+    clock[0] = time.monotonic()           # the clock runs from here, as GRPO's does (loading excluded)
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics.close()
     plot_curves(metrics.records(), run / "curves.png", title=f"SFT {config.model}")
