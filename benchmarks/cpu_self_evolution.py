@@ -623,9 +623,8 @@ def main() -> None:
     cost = None
     if "grpo_ved" in args.stages and not args.no_ved_cost:
         cost_file = out / "VED_STEP_COST.json"
-        if cost_file.exists() and json.loads(cost_file.read_text()).get("batches", 1) == args.ved_cost_batches:
-            cost = json.loads(cost_file.read_text())
-        else:
+        cost = json.loads(cost_file.read_text()) if cost_file.exists() else None
+        if cost is None or cost.get("batches", 1) != args.ved_cost_batches:
             from genevolve.train.rollouts import load_rows
             cost = ved_step_cost(args, stages["sft"]["model_dir"], load_rows(paths["pool"]), out,
                                  batches=args.ved_cost_batches)

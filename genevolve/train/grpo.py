@@ -36,7 +36,7 @@ import torch
 
 from ..jsonio import atomic_write_json, write_jsonl_atomic
 from .config import GRPOConfig
-from .metrics import MetricsLog, plot_curves, spent_seconds
+from .metrics import MetricsLog, plot_curves
 from .rollouts import Rollout, collect, load_rows, rollout_item_ids, rollout_stats
 from .sequences import TrainSequence, trajectory_sequences, untrained_common_prefix
 from .weights import latest_checkpoint, load_trainable, model_device, training_device
@@ -236,7 +236,6 @@ class GRPOTrainer:
         self.model: Any = None
         self.tokenizer: Any = None
         self.step_done = 0
-        self._clock = (time.monotonic(), 0.0)  # (when this invocation began, seconds spent before it)
         # (ids, their keys and values) under the current weights: a prefix several passes of one
         # update share (the system prompt); set by `remember_prefix`, dropped at every optimizer step
         self._base_prefix: tuple[list[int], Any] | None = None
@@ -274,8 +273,7 @@ class GRPOTrainer:
             self.step_done = int(state["step"])
         # Whatever a stopped run wrote after its last checkpoint (or before its first) is redone now.
         self.metrics.truncate_after(self.step_done)
-        # the run's clock goes on from where its checkpoint left it
-        self._clock = (time.monotonic(), spent_seconds(self.metrics.records()))
+        self.metrics.start_clock()          # goes on from where the checkpoint left it
         for f in (self.run_dir / "rollouts").glob("step_*.jsonl"):
             if int(f.stem.split("_")[1]) > self.step_done:
                 f.unlink()
@@ -307,7 +305,7 @@ class GRPOTrainer:
         try:
             for step in range(self.step_done + 1, last + 1):
                 out.append(self.step(step))
-                out_of_time = limit is not None and out[-1]["train_seconds"] > limit * 60
+                out_of_time = limit is not None and self.metrics.train_seconds() > limit * 60
                 if step % self.config.save_every == 0 or step == last or out_of_time:
                     self.save_checkpoint(step)
                 if out_of_time:
@@ -358,7 +356,7 @@ class GRPOTrainer:
         record = {"step": step, **_reward_stats(values, groups), **rollout_stats(rollouts), **losses,
                   "lr": lr,
                   "seconds": {k: round(v, 3) for k, v in seconds.items()}, "seconds_step": round(seconds["step"], 3),
-                  "train_seconds": round(self._clock[1] + time.monotonic() - self._clock[0], 3)}
+                  "train_seconds": round(self.metrics.train_seconds(), 3)}
         for term in self.loss_terms:
             if hasattr(term, "metrics"):
                 record.update(term.metrics())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,18 @@ class MetricsLog:
                 self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
             except Exception:             # TensorBoard is optional (not installed, or broken)
                 self._writer = None
+        self._clock = (time.monotonic(), 0.0)  # (when training began in this process, seconds before it)
+
+    def start_clock(self) -> None:
+        """Training starts now (after any `truncate_after`): the clock goes on from the last kept
+        record's `train_seconds`, so a time limit is a budget for the whole run, not per invocation."""
+        spent = next((float(r["train_seconds"]) for r in reversed(self.records())
+                      if isinstance(r.get("train_seconds"), (int, float))), 0.0)
+        self._clock = (time.monotonic(), spent)
+
+    def train_seconds(self) -> float:
+        """Training seconds of the run so far, resumed invocations included (records carry it)."""
+        return self._clock[1] + time.monotonic() - self._clock[0]
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after `step` (written before a crash, past the checkpoint)."""
@@ -84,15 +97,6 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not p.exists():
         return []
     return [json.loads(line) for line in jsonl_lines(p.read_text(encoding="utf-8")) if line.strip()]
-
-
-def spent_seconds(records: list[dict[str, Any]]) -> float:
-    """Training seconds a resumed run has already spent: the last kept record's `train_seconds`
-    (every step writes it), so that a time limit is a budget for the whole run, not per invocation."""
-    for record in reversed(records):
-        if isinstance(record.get("train_seconds"), (int, float)):
-            return float(record["train_seconds"])
-    return 0.0
 
 
 def plot_curves(records: list[dict[str, Any]], out: str | os.PathLike, title: str = "") -> Path | None:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from ..jsonio import atomic_write_json, jsonl_lines
 from .config import SFTConfig
-from .metrics import MetricsLog, plot_curves, spent_seconds
+from .metrics import MetricsLog, plot_curves
 
 
 def student_view(policy_options: dict[str, Any] | None = None) -> tuple[str, int]:
@@ -211,20 +210,15 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
                      train_sampling_strategy="group_by_length" if config.group_by_length else "random")
     metrics = MetricsLog(run)
 
-    clock = [time.monotonic(), 0.0]       # (when this invocation began, seconds spent before it)
-
-    def train_seconds() -> float:
-        return clock[1] + time.monotonic() - clock[0]
-
     class WriteMetrics(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
             if logs and state.is_world_process_zero:
                 metrics.write({"step": state.global_step, "epoch": state.epoch, **logs,
-                               "train_seconds": round(train_seconds(), 3)})
+                               "train_seconds": round(metrics.train_seconds(), 3)})
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             limit = config.time_limit_minutes
-            if limit is not None and train_seconds() > limit * 60:
+            if limit is not None and metrics.train_seconds() > limit * 60:
                 control.should_training_stop = control.should_save = True
 
     trainer_class = _prefix_sharing(SFTTrainer) if config.share_prefix else SFTTrainer
@@ -234,8 +228,7 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     if resume:
         last = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*"))
         metrics.truncate_after(last)
-        clock[1] = spent_seconds(metrics.records())   # a time limit spans the whole run
-    clock[0] = time.monotonic()           # the clock runs from here, as GRPO's does (loading excluded)
+    metrics.start_clock()                 # from here (loading excluded), on from a resumed run's time
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics.close()
     plot_curves(metrics.records(), run / "curves.png", title=f"SFT {config.model}")
